@@ -1,0 +1,318 @@
+"""Loading and checking `organism.yaml` (DESIGN.md §3).
+
+Every mistake is collected and reported together, each as `FILE:LINE: what is wrong`,
+before anything starts: unknown keys, missing or mistyped fields, duplicate or reserved
+names, peers that do not exist, an agent whose payload root tag is shared, a handler
+that is not `async`, an import that fails (with the import error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+__all__ = ["ConfigError", "Limits", "ListenerConfig", "OrganismConfig", "load_config", "RESERVED_NAMES", "is_reserved"]
+
+RESERVED_NAMES = frozenset({"system", "core"})
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,199}\Z")
+
+
+def is_reserved(name: str) -> bool:
+    """`system`, `core` and everything under them (`system.boot`) belong to the pump."""
+    return name in RESERVED_NAMES or name.split(".", 1)[0] in RESERVED_NAMES
+
+
+class ConfigError(Exception):
+    """One or more problems in a configuration file, each `FILE:LINE: message`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(slots=True)
+class Limits:
+    max_thread_hops: int = 1000
+    handler_timeout_s: float = 60.0
+    max_message_bytes: int = 1 << 20
+    intake_capacity: int = 1000  # external messages waiting for the pipeline
+    context_slots: int = 256  # history entries kept per thread
+    context_threads: int = 10_000  # threads with history kept
+    thread_idle_s: float = 3600.0  # a conversation untouched this long is forgotten
+    dead_letters: int = 1000
+    max_fanout: int = 10_000  # payloads one handler call may emit
+    client_outbox: int = 1000  # frames queued for a slow client before dropping
+    shutdown_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
+class ListenerConfig:
+    name: str
+    payload_class: type
+    handler: Callable
+    description: str = ""
+    agent: bool = False
+    peers: list[str] = field(default_factory=list)
+    concurrency: int | None = None
+    line: int = 0
+
+
+@dataclass(slots=True)
+class OrganismConfig:
+    name: str
+    socket: str = "run/agentserver.sock"
+    tcp: str | None = None
+    thread_scheduling: str = "breadth-first"
+    max_concurrent_pipelines: int = 50
+    max_concurrent_handlers: int = 20
+    max_concurrent_per_agent: int = 5
+    limits: Limits = field(default_factory=Limits)
+    listeners: list[ListenerConfig] = field(default_factory=list)
+    path: str = "<memory>"
+
+
+_TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
+             "max_concurrent_per_agent", "limits", "listeners"}
+_ORGANISM_KEYS = {"name", "socket", "tcp"}
+_LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency"}
+
+
+class _Checker:
+    """Walks the YAML node tree, converting values and collecting located problems."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._problems: list[tuple[int, str]] = []
+
+    def problem(self, node: yaml.Node | None, message: str) -> None:
+        self.problem_at(node.start_mark.line + 1 if node is not None else 1, message)
+
+    def problem_at(self, line: int, message: str) -> None:
+        self._problems.append((line, message))
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{self.path}:{line}: {message}" for line, message in sorted(self._problems, key=lambda p: p[0])]
+
+    def mapping(self, node: yaml.Node, what: str, allowed: set[str]) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, f"{what} must be a mapping")
+            return {}
+        items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                self.problem(key_node, f"unknown key {key!r} in {what} (known keys: {hint})")
+            elif key in items:
+                self.problem(key_node, f"key {key!r} appears twice in {what}")
+            else:
+                items[key] = (key_node, value_node)
+        return items
+
+    def scalar(self, node: yaml.Node, what: str, kind: type, *, positive: bool = False) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            self.problem(node, f"{what} must be a {kind.__name__}")
+            return None
+        value = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.problem(node, f"{what} must be a {kind.__name__}, not {node.value!r}")
+            return None
+        if positive and value <= 0:
+            self.problem(node, f"{what} must be greater than 0, not {value}")
+            return None
+        return value
+
+    def name(self, node: yaml.Node, what: str) -> str | None:
+        value = self.scalar(node, what, str)
+        if value is None:
+            return None
+        if not NAME_PATTERN.match(value):
+            self.problem(node, f"{what} {value!r} is not a valid name (letters, digits, _ . -; starting with a letter or _)")
+            return None
+        return value
+
+    def resolve(self, node: yaml.Node, what: str) -> Any:
+        dotted = self.scalar(node, what, str)
+        if dotted is None:
+            return None
+        module_name, _, attribute = dotted.rpartition(".")
+        if not module_name:
+            self.problem(node, f"{what} {dotted!r} must be a dotted path like package.module.Name")
+            return None
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:  # the user's import error, whatever it is
+            self.problem(node, f"{what} {dotted!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}")
+            return None
+        try:
+            return getattr(module, attribute)
+        except AttributeError:
+            self.problem(node, f"{what} {dotted!r}: module {module_name!r} has no attribute {attribute!r}")
+            return None
+
+
+def load_config(path: str | os.PathLike[str], *, text: str | None = None) -> OrganismConfig:
+    """Read and check a configuration. Raises ConfigError listing every problem."""
+    shown = str(path)
+    if text is None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{shown}:1: cannot read the file: {exc.strerror or exc}"]) from None
+    cwd = os.getcwd()
+    if cwd not in sys.path:  # import paths resolve with the working directory on sys.path
+        sys.path.insert(0, cwd)
+    try:
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError([f"{shown}:{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    check = _Checker(shown)
+    if document is None:
+        raise ConfigError([f"{shown}:1: the file is empty (it needs organism: and listeners:)"])
+    top = check.mapping(document, "the top level", _TOP_KEYS)
+    config = OrganismConfig(name="", path=shown)
+
+    if "organism" not in top:
+        check.problem(document, "missing 'organism:' section (with at least a name)")
+    else:
+        organism = check.mapping(top["organism"][1], "organism", _ORGANISM_KEYS)
+        if "name" not in organism:
+            check.problem(top["organism"][0], "organism needs a name")
+        else:
+            config.name = check.scalar(organism["name"][1], "organism.name", str) or ""
+        if "socket" in organism:
+            config.socket = check.scalar(organism["socket"][1], "organism.socket", str) or config.socket
+        if "tcp" in organism:
+            tcp = check.scalar(organism["tcp"][1], "organism.tcp", str)
+            if tcp is not None:
+                host, _, port = tcp.rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    check.problem(organism["tcp"][1], f"organism.tcp must be HOST:PORT, not {tcp!r}")
+                elif host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+                    check.problem(organism["tcp"][1], f"organism.tcp must be a loopback address, not {host!r}")
+                else:
+                    config.tcp = tcp
+
+    if "thread_scheduling" in top:
+        node = top["thread_scheduling"][1]
+        value = check.scalar(node, "thread_scheduling", str)
+        if value is not None and value not in ("breadth-first", "depth-first"):
+            check.problem(node, f"thread_scheduling must be breadth-first or depth-first, not {value!r}")
+        elif value is not None:
+            config.thread_scheduling = value
+    for key in ("max_concurrent_pipelines", "max_concurrent_handlers", "max_concurrent_per_agent"):
+        if key in top:
+            value = check.scalar(top[key][1], key, int, positive=True)
+            if value is not None:
+                setattr(config, key, value)
+
+    if "limits" in top:
+        limit_fields = {name: type(getattr(Limits(), name)) for name in Limits.__slots__}
+        limits = check.mapping(top["limits"][1], "limits", set(limit_fields))
+        for key, (_, value_node) in limits.items():
+            value = check.scalar(value_node, f"limits.{key}", limit_fields[key], positive=True)
+            if value is not None:
+                setattr(config.limits, key, value)
+
+    if "listeners" not in top:
+        check.problem(document, "missing 'listeners:' (a list of listeners)")
+    else:
+        _load_listeners(check, top["listeners"][1], config)
+
+    if check.problems:
+        raise ConfigError(check.problems)
+    return config
+
+
+def _load_listeners(check: _Checker, node: yaml.Node, config: OrganismConfig) -> None:
+    if not isinstance(node, yaml.SequenceNode):
+        check.problem(node, "listeners must be a list")
+        return
+    seen: dict[str, int] = {}
+    peer_nodes: list[tuple[ListenerConfig, list[tuple[str, yaml.Node]]]] = []
+    for item in node.value:
+        fields = check.mapping(item, "a listener", _LISTENER_KEYS)
+        line = item.start_mark.line + 1
+        for required in ("name", "payload_class", "handler"):
+            if required not in fields and isinstance(item, yaml.MappingNode):
+                check.problem(item, f"listener is missing {required!r}")
+        name = check.name(fields["name"][1], "listener name") if "name" in fields else None
+        if name is not None:
+            if is_reserved(name):
+                check.problem(fields["name"][1], f"listener name {name!r} is reserved for the pump (system, core)")
+            elif name in seen:
+                check.problem(fields["name"][1], f"duplicate listener name {name!r} (first at line {seen[name]})")
+            else:
+                seen[name] = line
+        label = f"listener {name!r}" if name else "listener"
+        payload_class = handler = None
+        if "payload_class" in fields:
+            payload_class = check.resolve(fields["payload_class"][1], f"{label} payload_class")
+            if payload_class is not None and not (
+                isinstance(payload_class, type) and hasattr(payload_class, "xsd") and hasattr(payload_class, "parse")
+            ):
+                check.problem(fields["payload_class"][1], f"{label} payload_class {payload_class!r} is not an @xmlify dataclass")
+                payload_class = None
+        if "handler" in fields:
+            handler = check.resolve(fields["handler"][1], f"{label} handler")
+            if handler is not None and not inspect.iscoroutinefunction(handler):
+                kind = "not callable" if not callable(handler) else "not async"
+                check.problem(fields["handler"][1], f"{label} handler is {kind}: define it with 'async def'")
+                handler = None
+        listener = ListenerConfig(name=name or "", payload_class=payload_class, handler=handler, line=line)  # type: ignore[arg-type]
+        if "description" in fields:
+            listener.description = check.scalar(fields["description"][1], f"{label} description", str) or ""
+        if "agent" in fields:
+            listener.agent = bool(check.scalar(fields["agent"][1], f"{label} agent", bool))
+        if "concurrency" in fields:
+            listener.concurrency = check.scalar(fields["concurrency"][1], f"{label} concurrency", int, positive=True)
+        peers: list[tuple[str, yaml.Node]] = []
+        if "peers" in fields:
+            peers_node = fields["peers"][1]
+            if not isinstance(peers_node, yaml.SequenceNode):
+                check.problem(peers_node, f"{label} peers must be a list of listener names")
+            else:
+                for peer_node in peers_node.value:
+                    peer = check.scalar(peer_node, f"{label} peer", str)
+                    if peer is not None:
+                        peers.append((peer, peer_node))
+        listener.peers = [peer for peer, _ in peers]
+        peer_nodes.append((listener, peers))
+        config.listeners.append(listener)
+
+    for listener, peers in peer_nodes:
+        for peer, peer_node in peers:
+            if peer not in seen:
+                check.problem(peer_node, f"listener {listener.name!r} names peer {peer!r}, which is not a listener")
+
+    by_tag: dict[str, list[ListenerConfig]] = {}
+    for listener in config.listeners:
+        if listener.payload_class is not None:
+            by_tag.setdefault(listener.payload_class.__name__, []).append(listener)
+    for tag, sharing in by_tag.items():
+        classes = {id(listener.payload_class) for listener in sharing}
+        if len(classes) > 1:
+            lines = ", ".join(str(listener.line) for listener in sharing)
+            for listener in sharing:
+                check.problem_at(listener.line, f"root tag <{tag}> names different classes (listeners at lines {lines})")
+        if len(sharing) > 1:
+            for listener in sharing:
+                if listener.agent:
+                    others = ", ".join(repr(other.name) for other in sharing if other is not listener)
+                    check.problem_at(
+                        listener.line,
+                        f"agent {listener.name!r} shares its payload root tag <{tag}> with {others}; an agent's root tag must be its own",
+                    )

@@ -1,0 +1,1 @@
+"""Example listeners used by config/organism.yaml and the tests."""

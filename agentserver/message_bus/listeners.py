@@ -1,0 +1,232 @@
+"""Listeners and the payload types they accept: the pump's routing table.
+
+Registering a listener generates, once, everything the hot path needs: the XSD of its
+payload class (`Cls.xsd()`) compiled to an `etree.XMLSchema`, an example instance, and
+for agents the `usage_instructions` text (their peers' descriptions, schemas and
+examples, plus the response rules). Per-message work is then dictionary lookups.
+
+`PayloadTypes` maps a root tag to its class and schema. Besides listeners' classes it
+learns the classes handlers emit (so replies to clients are validated and read too),
+and it always knows the pump's own primitives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from lxml import etree
+
+from agentserver.config import ListenerConfig, OrganismConfig
+from agentserver.primitives import Boot, SystemError, TodoComplete, TodoUntil
+
+__all__ = ["Listener", "PayloadType", "PayloadTypes", "Routes", "example_of", "RESPONSE_RULES"]
+
+RESPONSE_RULES = """\
+## How to answer
+- Return HandlerResponse(payload, to="peer") to call a peer. You may call only the peers listed above.
+- Return HandlerResponse.respond(payload) to answer whoever called you. Your call chain is pruned
+  by one hop: peers you called on this thread are finished, and their scratch state is gone.
+  Complete all sub-tasks before you respond, and wait for the results you need.
+- Return None to end this branch of the conversation without answering.
+- Return a list of responses to send several messages at once.
+- Return TodoUntil(todo_id, wait_for, from_listener) to be reminded (in todo_nudge) when a payload
+  arrives on your thread; return TodoComplete(todo_id) once you have dealt with it.
+- If something you sent cannot be delivered you receive a SystemError payload (code, message)."""
+
+
+@dataclass(slots=True, eq=False)
+class PayloadType:
+    cls: type
+    root_tag: str
+    schema: etree.XMLSchema
+    xsd_text: str
+
+    @classmethod
+    def of(cls, payload_class: type) -> "PayloadType":
+        xsd_tree = payload_class.xsd(namespaces={}, imports={})  # fresh dicts: xmlable mutates them
+        return cls(
+            cls=payload_class,
+            root_tag=payload_class.__name__,
+            schema=etree.XMLSchema(xsd_tree),
+            xsd_text=etree.tostring(xsd_tree, pretty_print=True, encoding="unicode"),
+        )
+
+
+class PayloadTypes:
+    """Root tag -> PayloadType, for every class the pump can validate and read."""
+
+    def __init__(self) -> None:
+        self._by_tag: dict[str, PayloadType] = {}
+        self._by_class: dict[type, PayloadType] = {}
+
+    def add(self, payload_class: type) -> PayloadType:
+        known = self._by_class.get(payload_class)
+        if known is not None:
+            return known
+        payload_type = PayloadType.of(payload_class)
+        if payload_type.root_tag in self._by_tag:
+            # another class with the same root tag: the first one keeps the tag
+            self._by_class[payload_class] = payload_type
+            return payload_type
+        self._by_tag[payload_type.root_tag] = payload_type
+        self._by_class[payload_class] = payload_type
+        return payload_type
+
+    def get(self, root_tag: str) -> PayloadType | None:
+        return self._by_tag.get(root_tag)
+
+    def for_class(self, payload_class: type) -> PayloadType | None:
+        """The PayloadType of `payload_class`, learning it on first sight; None if not @xmlify."""
+        known = self._by_class.get(payload_class)
+        if known is not None:
+            return known
+        if not (hasattr(payload_class, "xsd") and hasattr(payload_class, "xml_value")):
+            return None
+        return self.add(payload_class)
+
+
+@dataclass(slots=True, eq=False)
+class Listener:
+    name: str
+    payload_type: PayloadType
+    handler: Callable[..., Any]
+    description: str = ""
+    agent: bool = False
+    peers: frozenset[str] | None = None  # None: may forward anywhere (plain handlers only)
+    concurrency: int = 1
+    system: bool = False
+    usage_instructions: str = ""
+    example_xml: str = ""
+
+    @property
+    def root_tag(self) -> str:
+        return self.payload_type.root_tag
+
+    def may_send_to(self, name: str) -> bool:
+        """Peers rule: declared peers (and itself) only; an agent without peers forwards nowhere."""
+        if name == self.name:
+            return True
+        if self.peers is None:
+            return not self.agent
+        return name in self.peers
+
+
+class Routes:
+    """The routing table of one pump: listeners by name and by root tag."""
+
+    def __init__(self, payload_types: PayloadTypes) -> None:
+        self.payload_types = payload_types
+        self.by_name: dict[str, Listener] = {}
+        self.by_tag: dict[str, list[Listener]] = {}
+        for primitive in (SystemError, Boot, TodoUntil, TodoComplete):
+            payload_types.add(primitive)
+
+    def add(self, listener: Listener) -> None:
+        if listener.name in self.by_name:
+            raise ValueError(f"duplicate listener name {listener.name!r}")
+        self.by_name[listener.name] = listener
+        self.by_tag.setdefault(listener.root_tag, []).append(listener)
+
+    @classmethod
+    def from_config(cls, config: OrganismConfig) -> "Routes":
+        routes = cls(PayloadTypes())
+        for spec in config.listeners:
+            routes.add(routes._listener(spec, config))
+        for listener in routes.by_name.values():
+            listener.example_xml = _example_xml(listener.payload_type.cls)
+        for listener in routes.by_name.values():
+            if listener.agent:
+                listener.usage_instructions = routes.usage_instructions(listener)
+        return routes
+
+    def _listener(self, spec: ListenerConfig, config: OrganismConfig) -> Listener:
+        if spec.concurrency is not None:
+            concurrency = spec.concurrency
+        elif spec.agent:
+            concurrency = config.max_concurrent_per_agent
+        else:
+            concurrency = config.max_concurrent_handlers
+        declared = frozenset(spec.peers) if spec.peers else None
+        return Listener(
+            name=spec.name,
+            payload_type=self.payload_types.add(spec.payload_class),
+            handler=spec.handler,
+            description=spec.description,
+            agent=spec.agent,
+            peers=declared if (declared or spec.agent) else None,
+            concurrency=concurrency,
+        )
+
+    def usage_instructions(self, agent: Listener) -> str:
+        lines = [f"You are the agent '{agent.name}'."]
+        if agent.description:
+            lines.append(f"Your role: {agent.description}")
+        lines.append(f"You receive <{agent.root_tag}> payloads.")
+        peers = sorted(agent.peers or ())
+        if not peers:
+            lines.append("\nYou have no peers: you can only respond to your caller.")
+        else:
+            lines.append("\nYou can call these peers:")
+            for peer_name in peers:
+                peer = self.by_name[peer_name]
+                lines.append(f"\n## {peer.name}")
+                if peer.description:
+                    lines.append(peer.description)
+                lines.append(f"Send it a <{peer.root_tag}> payload. Schema:")
+                lines.append("```xml\n" + peer.payload_type.xsd_text.rstrip() + "\n```")
+                lines.append("Example:")
+                lines.append("```xml\n" + peer.example_xml.rstrip() + "\n```")
+        lines.append("\n" + RESPONSE_RULES)
+        return "\n".join(lines)
+
+    def table(self) -> list[tuple[str, list[Listener]]]:
+        """(root tag, listeners) rows, sorted, for `check` and `status`."""
+        return sorted(self.by_tag.items())
+
+
+def example_of(payload_class: type) -> Any:
+    """A filled-in instance of an @xmlify dataclass, for documentation and tests."""
+    values = {}
+    hints = typing.get_type_hints(payload_class)
+    for f in dataclasses.fields(payload_class):
+        values[f.name] = _example_value(hints.get(f.name, str), f.name)
+    return payload_class(**values)
+
+
+def _example_value(tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return name.replace("_", " ")
+    if tp is bool:
+        return True
+    if tp is int:
+        return 1
+    if tp is float:
+        return 1.5
+    if origin in (list, set, frozenset):
+        (item,) = typing.get_args(tp) or (str,)
+        return origin([_example_value(item, name)])
+    if origin is tuple:
+        return tuple(_example_value(arg, name) for arg in typing.get_args(tp) if arg is not Ellipsis)
+    if origin is dict:
+        key, value = typing.get_args(tp)
+        return {_example_value(key, name): _example_value(value, name)}
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
+        return _example_value(options[0], name) if options else None
+    if dataclasses.is_dataclass(tp):
+        return example_of(tp)
+    return None
+
+
+def _example_xml(payload_class: type) -> str:
+    try:
+        tree = example_of(payload_class).xml_value()
+        return etree.tostring(tree, pretty_print=True, encoding="unicode")
+    except Exception as exc:  # an exotic field type: show the template instead
+        tree = payload_class.xml()
+        return etree.tostring(tree, pretty_print=True, encoding="unicode") + f"<!-- no example: {exc} -->\n"

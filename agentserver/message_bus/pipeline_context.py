@@ -1,0 +1,30 @@
+"""What the pipeline steps may read and update: the pump's own objects, passed in.
+
+Steps get this instead of reaching for globals; two pumps have two contexts and share
+nothing. Nothing here does I/O; `clock` is injected so tests can control time.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lxml import etree
+
+from agentserver.config import Limits
+from agentserver.message_bus.listeners import Routes
+from agentserver.message_bus.thread_registry import ThreadRegistry
+from agentserver.xmlsafe import SafeXml
+
+__all__ = ["PipelineContext"]
+
+
+@dataclass(slots=True)
+class PipelineContext:
+    xml: SafeXml
+    envelope_schema: etree.XMLSchema
+    routes: Routes
+    threads: ThreadRegistry
+    limits: Limits
+    clock: Callable[[], float] = field(default=time.monotonic)

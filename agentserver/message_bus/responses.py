@@ -1,0 +1,106 @@
+"""Turning a handler's return value into outgoing messages. No I/O.
+
+`build_responses` takes what a handler returned and gives back the envelopes the pump
+re-injects (as `MessageState`s that already hold their tree and their conversation)
+plus the todo operations to apply. The pump writes `<from>` and `<thread>`; nothing a
+handler returns can set them.
+
+- None: nothing;
+- HandlerResponse(payload, to="x"): one envelope to x, on the handler's thread;
+- HandlerResponse.respond(payload): one envelope to the caller, on the parent thread
+  (the chain pruned by one hop); at the root there is nobody to answer and the branch
+  ends;
+- HandlerResponse(payload) without `to`: routed by root tag (broadcast);
+- a list: each item as above, in order;
+- bytes: one envelope carrying every payload element in them, routed by root tag;
+- TodoUntil / TodoComplete (bare or wrapped): todo operations on the handler's thread.
+
+Anything else raises WrongType.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lxml import etree
+
+from agentserver.envelope import build_envelope
+from agentserver.message_bus.message_state import HandlerResponse, MessageState, Origin
+from agentserver.message_bus.pipeline_context import PipelineContext
+from agentserver.message_bus.thread_registry import Thread
+from agentserver.primitives import TodoComplete, TodoUntil
+from agentserver.xmlsafe import UnsafeXml
+
+__all__ = ["build_responses", "Responses", "WrongType", "payload_element"]
+
+
+class WrongType(Exception):
+    """The handler returned something it may not return."""
+
+
+@dataclass(slots=True)
+class Responses:
+    states: list[MessageState] = field(default_factory=list)
+    todos: list[TodoUntil | TodoComplete] = field(default_factory=list)
+
+
+def payload_element(payload: Any, ctx: PipelineContext) -> etree._Element:
+    """The XML element of an @xmlify payload object. Raises WrongType."""
+    if ctx.routes.payload_types.for_class(type(payload)) is None:
+        raise WrongType(f"{type(payload).__name__} is not an @xmlify dataclass")
+    try:
+        return payload.xml_value().getroot()
+    except Exception as exc:  # xmlable's own errors: a field holds the wrong type
+        raise WrongType(f"{type(payload).__name__} cannot be written as XML: {exc}") from None
+
+
+def build_responses(result: Any, *, sender: str, thread: Thread, ctx: PipelineContext) -> Responses:
+    out = Responses()
+    items = result if isinstance(result, list) else [result]
+    if len(items) > ctx.limits.max_fanout:
+        raise WrongType(f"{len(items)} responses at once; limit is {ctx.limits.max_fanout}")
+    for item in items:
+        _one(item, sender, thread, ctx, out)
+    return out
+
+
+def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Responses) -> None:
+    if item is None:
+        return
+    if isinstance(item, (TodoUntil, TodoComplete)):
+        out.todos.append(item)
+        return
+    if isinstance(item, HandlerResponse):
+        if isinstance(item.payload, (TodoUntil, TodoComplete)):
+            out.todos.append(item.payload)
+            return
+        element = payload_element(item.payload, ctx)
+        if item.is_response:
+            parent = ctx.threads.prune(thread)
+            if parent is None:
+                return  # nobody above the root: this branch ends here
+            out.states.append(_envelope([element], sender, parent.owner, parent, thread, ctx))
+        else:
+            out.states.append(_envelope([element], sender, item.to, thread, thread, ctx))
+        return
+    if isinstance(item, (bytes, bytearray)):
+        try:
+            elements = ctx.xml.fragment(bytes(item))
+        except (UnsafeXml, etree.XMLSyntaxError) as exc:
+            state = MessageState(raw=bytes(item)[:4096], origin=Origin.listener(sender), sender=sender, thread=thread, sender_thread=thread)
+            state.bind(thread.conversation)
+            out.states.append(state.fail(getattr(exc, "code", "malformed"), f"handler bytes: {exc}", "responses"))
+            return
+        if len(elements) > ctx.limits.max_fanout:
+            raise WrongType(f"{len(elements)} payloads at once; limit is {ctx.limits.max_fanout}")
+        out.states.append(_envelope(elements, sender, None, thread, thread, ctx))
+        return
+    raise WrongType(f"handler returned {type(item).__name__}; expected None, HandlerResponse, a list of them, or bytes")
+
+
+def _envelope(elements: list, sender: str, to: str | None, thread: Thread, sender_thread: Thread, ctx: PipelineContext) -> MessageState:
+    root = build_envelope(elements, sender=sender, to=to, thread=thread.id, factory=ctx.xml.makeelement)
+    state = MessageState(raw=b"", origin=Origin.listener(sender), root=root, prebuilt=True, thread=thread, sender_thread=sender_thread)
+    state.bind(thread.conversation)
+    return state

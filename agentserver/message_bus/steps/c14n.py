@@ -1,0 +1,23 @@
+"""Step 2, exclusive C14N: `state.canonical` = the envelope's exclusive canonical bytes.
+
+Yields the state with `canonical` set: one stable byte form per message whatever the
+sender's prefixes, attribute order or whitespace inside tags. It is what the context
+buffer, dead letters and logs keep. The tree itself is not re-parsed.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from agentserver.message_bus.message_state import MessageState
+from agentserver.message_bus.pipeline_context import PipelineContext
+
+
+def canonicalize(state: MessageState, ctx: PipelineContext) -> MessageState:
+    if state.error is not None:
+        return state
+    try:
+        state.canonical = etree.tostring(state.root, method="c14n", exclusive=True)
+    except (etree.C14NError, ValueError) as exc:  # e.g. relative namespace URIs
+        return state.fail("malformed", f"cannot canonicalize: {exc}", "c14n")
+    return state

@@ -1,0 +1,23 @@
+"""Step 3, envelope validation against the packaged envelope.xsd.
+
+Yields the state with `sender`, `to` and `thread_ref` read from `<meta>`. Refusal:
+`invalid-envelope` (the validator's message goes to the log, never to the sender).
+"""
+
+from __future__ import annotations
+
+from agentserver.envelope import read_meta
+from agentserver.message_bus.message_state import MessageState
+from agentserver.message_bus.pipeline_context import PipelineContext
+
+
+def validate_envelope(state: MessageState, ctx: PipelineContext) -> MessageState:
+    if state.error is not None:
+        return state
+    schema = ctx.envelope_schema
+    if not schema.validate(state.root):
+        error = schema.error_log.last_error
+        return state.fail("invalid-envelope", f"envelope: {error.message if error else 'invalid'}", "envelope")
+    meta = read_meta(state.root)
+    state.sender, state.to, state.thread_ref = meta.sender, meta.to, meta.thread
+    return state

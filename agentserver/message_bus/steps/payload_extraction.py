@@ -1,0 +1,28 @@
+"""Step 4, payload extraction (fan-out): one envelope -> one state per payload.
+
+Returns a list: one state per payload element after `<meta>`, each with
+`payload_element` and `root_tag` set (the first reuses the incoming state, the others
+are forks that share its holds). An errored state comes back alone. External senders
+may put exactly one payload in an envelope; handler output may carry several (a legacy
+`bytes` return). Refusal: `invalid-envelope`.
+"""
+
+from __future__ import annotations
+
+from agentserver.envelope import payload_elements
+from agentserver.message_bus.message_state import MessageState, OriginKind
+from agentserver.message_bus.pipeline_context import PipelineContext
+
+
+def extract_payloads(state: MessageState, ctx: PipelineContext) -> list[MessageState]:
+    if state.error is not None:
+        return [state]
+    payloads = payload_elements(state.root)
+    if not payloads:
+        return [state.fail("invalid-envelope", "envelope carries no payload", "extraction")]
+    if len(payloads) > 1 and state.origin.kind is OriginKind.EXTERNAL:
+        return [state.fail("invalid-envelope", f"{len(payloads)} payloads; external senders send one per message", "extraction")]
+    first = payloads[0]
+    states = [state.fork(payload_element=p, root_tag=p.tag) for p in payloads[1:]]
+    state.payload_element, state.root_tag = first, first.tag
+    return [state, *states]

@@ -1,0 +1,39 @@
+"""Step 5, thread assignment: which conversation and thread the message belongs to.
+
+Yields the state with `thread` (the *sender's* thread) set and bound to its
+conversation. For an external sender this also settles identity: `<from>` must be the
+connection's own name (when it has one) and may not name a listener or a reserved name
+(`forbidden-sender`); the client's thread id opens or continues that client's
+conversation. Messages the pump built (handler output, system messages) already carry
+their thread. A conversation ended for exceeding `max_thread_hops` takes no more
+messages (`hops`).
+"""
+
+from __future__ import annotations
+
+from agentserver.config import is_reserved
+from agentserver.message_bus.message_state import MessageState, OriginKind
+from agentserver.message_bus.pipeline_context import PipelineContext
+
+
+def assign_thread(state: MessageState, ctx: PipelineContext) -> MessageState:
+    if state.error is not None:
+        return state
+    if state.thread is None:
+        if state.origin.kind is not OriginKind.EXTERNAL:
+            thread = ctx.threads.get(state.thread_ref)
+            if thread is None:
+                return state.fail("unknown-thread", f"thread {state.thread_ref} is not known", "threads")
+        else:
+            sender = state.sender
+            claimed = state.origin.name
+            if claimed is not None and sender != claimed:
+                return state.fail("forbidden-sender", f"<from>{sender}</from> on a connection named {claimed!r}", "threads")
+            if is_reserved(sender) or sender in ctx.routes.by_name:
+                return state.fail("forbidden-sender", f"external sender may not call itself {sender!r}", "threads")
+            thread = ctx.threads.open(sender, state.thread_ref, now=ctx.clock())
+        state.thread = thread
+    state.bind(state.thread.conversation)
+    if state.thread.conversation.ended:
+        return state.fail("hops", "conversation was ended at its hop limit", "threads")
+    return state

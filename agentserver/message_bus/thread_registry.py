@@ -1,0 +1,161 @@
+"""Threads: opaque UUIDs standing for positions in a conversation's call tree.
+
+A *conversation* starts when an external client sends on a new thread id (or when
+`system` starts one, e.g. Boot). Its root thread's chain is `(client,)`. Delivering a
+message to listener L from a thread whose chain does not end in L opens a child thread
+with chain `(..., L)`; L handles the message there. `respond()` from a thread goes to
+its parent: the chain pruned by one hop, ending in the caller. Chains are tuples of
+names, so names may contain dots, and two conversations over the same path never share
+a thread: every child thread gets a fresh UUID.
+
+A conversation counts the units of work alive in it (`hold`/`release`). When the count
+reaches zero it is finished and forgotten, with all its threads; `forget_idle` drops
+conversations nobody touched for a long time. So the registry stays bounded under
+endless traffic. No I/O: time is passed in.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from typing import Callable, Iterable
+
+__all__ = ["Thread", "Conversation", "ThreadRegistry"]
+
+
+class Thread:
+    __slots__ = ("id", "chain", "parent", "conversation")
+
+    def __init__(self, id: str, chain: tuple[str, ...], parent: "Thread | None", conversation: "Conversation") -> None:
+        self.id = id
+        self.chain = chain
+        self.parent = parent
+        self.conversation = conversation
+
+    @property
+    def owner(self) -> str:
+        """The name this thread belongs to (the last hop of its chain)."""
+        return self.chain[-1]
+
+    @property
+    def caller(self) -> str | None:
+        """Who called the owner on this thread, or None at the root."""
+        return self.chain[-2] if len(self.chain) > 1 else None
+
+    def __repr__(self) -> str:
+        return f"Thread({self.id[:8]}, {'/'.join(self.chain)})"
+
+
+class Conversation:
+    __slots__ = ("id", "root", "external_id", "pending", "hops", "ended", "told", "last_active", "threads", "_registry")
+
+    def __init__(self, registry: "ThreadRegistry", external_id: str | None, now: float) -> None:
+        self.id = str(uuid.uuid4())
+        self.external_id = external_id  # the id the client used, echoed on replies
+        self.pending = 0
+        self.hops = 0
+        self.ended = False  # over max_thread_hops: what is left of it is refused
+        self.told = False  # its root caller has been told it ended
+        self.last_active = now
+        self.threads: list[str] = []
+        self._registry = registry
+        self.root: Thread  # set by the registry
+
+    def hold(self) -> None:
+        self.pending += 1
+
+    def release(self) -> None:
+        self.pending -= 1
+        if self.pending <= 0:
+            self._registry._finish(self)
+
+    @property
+    def client(self) -> str:
+        return self.root.chain[0]
+
+
+class ThreadRegistry:
+    """Maps thread UUIDs to threads; owns the conversations they belong to."""
+
+    def __init__(self, *, on_forget: Callable[[Iterable[str]], None] | None = None) -> None:
+        self._threads: dict[str, Thread] = {}
+        self._external: dict[tuple[str, str], Conversation] = {}
+        self._conversations: OrderedDict[str, Conversation] = OrderedDict()  # oldest activity first
+        self._on_forget = on_forget
+        self.forgotten = 0
+
+    # -- lookups -------------------------------------------------------------
+    def get(self, thread_id: str) -> Thread | None:
+        return self._threads.get(thread_id)
+
+    def __len__(self) -> int:
+        return len(self._threads)
+
+    @property
+    def conversations(self) -> int:
+        return len(self._conversations)
+
+    def open_conversations(self) -> list[Conversation]:
+        return list(self._conversations.values())
+
+    # -- conversations -----------------------------------------------------------
+    def open(self, client: str, external_id: str | None = None, *, now: float = 0.0) -> Thread:
+        """The root thread of `client`'s conversation `external_id`, starting it if new."""
+        if external_id is not None:
+            known = self._external.get((client, external_id))
+            if known is not None:
+                self.touch(known, now)
+                return known.root
+        conversation = Conversation(self, external_id, now)
+        root = self._new_thread((client,), None, conversation)
+        conversation.root = root
+        self._conversations[conversation.id] = conversation
+        if external_id is not None:
+            self._external[(client, external_id)] = conversation
+        return root
+
+    def extend(self, thread: Thread, name: str) -> Thread:
+        """A fresh child thread where `name` handles a call made from `thread`."""
+        return self._new_thread(thread.chain + (name,), thread, thread.conversation)
+
+    def prune(self, thread: Thread) -> Thread | None:
+        """Where `respond()` from `thread` goes: its parent (chain minus one hop), or None."""
+        return thread.parent
+
+    def touch(self, conversation: Conversation, now: float) -> None:
+        conversation.last_active = now
+        self._conversations.move_to_end(conversation.id)
+
+    def forget_idle(self, now: float, idle_s: float) -> int:
+        """Forget conversations idle for longer than `idle_s`. Returns how many."""
+        count = 0
+        while self._conversations:
+            conversation = next(iter(self._conversations.values()))
+            if now - conversation.last_active <= idle_s:
+                break
+            self._forget(conversation)
+            count += 1
+        return count
+
+    # -- internals -----------------------------------------------------------------
+    def _new_thread(self, chain: tuple[str, ...], parent: Thread | None, conversation: Conversation) -> Thread:
+        thread = Thread(str(uuid.uuid4()), chain, parent, conversation)
+        self._threads[thread.id] = thread
+        conversation.threads.append(thread.id)
+        return thread
+
+    def _finish(self, conversation: Conversation) -> None:
+        if conversation.id in self._conversations:
+            self._forget(conversation)
+
+    def _forget(self, conversation: Conversation) -> None:
+        self._conversations.pop(conversation.id, None)
+        if conversation.external_id is not None:
+            key = (conversation.client, conversation.external_id)
+            if self._external.get(key) is conversation:
+                del self._external[key]
+        for thread_id in conversation.threads:
+            self._threads.pop(thread_id, None)
+        self.forgotten += 1
+        if self._on_forget is not None:
+            self._on_forget(conversation.threads)

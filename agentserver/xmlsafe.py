@@ -1,0 +1,143 @@
+"""Safe XML parsing for everything that crosses the wire.
+
+One `SafeXml` object owns the lxml parsers a pump uses. Its rules (DESIGN.md §7):
+
+- no DTD at all: a document that declares one is refused before lxml sees it, so
+  there is no entity expansion (billion laughs, quadratic blowup), no external
+  entity and no external DTD;
+- no network access, no XInclude processing (XInclude elements stay inert elements);
+- the size is checked before parsing, libxml2's depth limit (256) stays on;
+- the input must be UTF-8 and must not contain NUL bytes.
+
+Element classes: elements in the envelope namespace are plain lxml elements; payload
+elements (no namespace) are objectified, because xmlable's `Cls.parse` walks an
+objectified tree. lxml.objectify guesses leaf types from their text (`"007"` becomes
+the int 7, `"true"` becomes True) and xmlable then turns that back into a string for
+`str` fields, silently changing the data; `TextLeaf` never guesses and converts only
+when the dataclass field asks for a type.
+"""
+
+from __future__ import annotations
+
+from lxml import etree, objectify
+
+from agentserver.envelope import ENVELOPE_NS
+
+__all__ = ["SafeXml", "UnsafeXml", "TextLeaf"]
+
+
+class UnsafeXml(ValueError):
+    """The bytes were refused before or during parsing. `code` is a short canned reason."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+_TRUE = frozenset(("true", "1"))
+_FALSE = frozenset(("false", "0"))
+
+
+class TextLeaf(objectify.ObjectifiedDataElement):
+    """A payload leaf whose text is converted only on request, by XSD lexical rules."""
+
+    def __str__(self) -> str:
+        return self.text or ""
+
+    def __int__(self) -> int:
+        return int((self.text or "").strip())
+
+    def __float__(self) -> float:
+        return float((self.text or "").strip())
+
+    def __bool__(self) -> bool:
+        text = (self.text or "").strip()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"not an xs:boolean: {text!r}")
+
+
+class _PayloadLookup(etree.PythonElementClassLookup):
+    def lookup(self, document, element):  # noqa: D401 - lxml callback
+        return objectify.ObjectifiedElement if len(element) else TextLeaf
+
+
+def _class_lookup() -> etree.ElementNamespaceClassLookup:
+    lookup = etree.ElementNamespaceClassLookup(fallback=_PayloadLookup())
+    lookup.get_namespace(ENVELOPE_NS)[None] = etree.ElementBase
+    return lookup
+
+
+class SafeXml:
+    """The parsers of one pump: strict, recovering, and a fragment parser for payloads."""
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self.max_bytes = max_bytes
+        options = dict(
+            resolve_entities=False,
+            no_network=True,
+            load_dtd=False,
+            dtd_validation=False,
+            huge_tree=False,
+            remove_comments=True,
+            remove_pis=True,
+            collect_ids=False,
+        )
+        self.strict = etree.XMLParser(**options)
+        self.recovering = etree.XMLParser(recover=True, **options)
+        for parser in (self.strict, self.recovering):
+            parser.set_element_class_lookup(_class_lookup())
+
+    def precheck(self, raw: bytes) -> None:
+        """Refuse what must never reach libxml2. Raises UnsafeXml."""
+        if len(raw) > self.max_bytes:
+            raise UnsafeXml("too-large", f"{len(raw)} bytes, limit {self.max_bytes}")
+        if not raw.strip():
+            raise UnsafeXml("malformed", "empty message")
+        if b"\x00" in raw:
+            raise UnsafeXml("malformed", "NUL byte in message")
+        if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
+            raise UnsafeXml("forbidden-dtd", "DTDs and entity declarations are not accepted")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UnsafeXml("malformed", f"not UTF-8: {exc}") from None
+
+    def parse(self, raw: bytes) -> etree._Element:
+        """Strictly parse checked bytes. Raises UnsafeXml or etree.XMLSyntaxError."""
+        self.precheck(raw)
+        return etree.fromstring(raw, self.strict)
+
+    def recover(self, raw: bytes) -> etree._Element | None:
+        """Best-effort parse of checked bytes that failed the strict parse."""
+        try:
+            return etree.fromstring(raw, self.recovering)
+        except etree.XMLSyntaxError:
+            return None
+
+    def fragment(self, raw: bytes | str) -> list[etree._Element]:
+        """Parse one or more sibling payload elements (handler bytes, client input)."""
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8")
+        raw = raw.strip()
+        if raw.startswith(b"<?xml"):
+            end = raw.find(b"?>")
+            raw = raw[end + 2 :].strip() if end >= 0 else raw
+        self.precheck(raw)
+        wrapper = etree.fromstring(b"<fragment>" + raw + b"</fragment>", self.strict)
+        elements = [child for child in wrapper.iterchildren() if isinstance(child.tag, str)]
+        if any((child.text or "").strip() or (child.tail or "").strip() for child in [wrapper]):
+            raise UnsafeXml("malformed", "text outside payload elements")
+        if not elements:
+            raise UnsafeXml("malformed", "no payload element")
+        for element in elements:
+            if (element.tail or "").strip():
+                raise UnsafeXml("malformed", "text outside payload elements")
+        return elements
+
+    def makeelement(self, tag: str, nsmap: dict | None = None) -> etree._Element:
+        """An element whose document uses this object's class lookup."""
+        return self.strict.makeelement(tag, nsmap=nsmap)
