@@ -44,8 +44,11 @@ def outbound_result(outbound: Outbound) -> Reply:
     """The Reply an `ask` returns for `outbound`, or the AskError it raises."""
     if outbound.kind == "huh":
         raise HuhError(outbound.code, outbound.message, outbound.thread_id)
-    if isinstance(outbound.payload, SystemError):
-        raise RemoteError(outbound.payload.code, outbound.payload.message, outbound.thread_id, outbound.sender)
+    payload = outbound.payload
+    if isinstance(payload, SystemError):
+        raise RemoteError(payload.code, payload.message, outbound.thread_id, outbound.sender)
+    if isinstance(payload, etree._Element) and payload.tag == "SystemError":  # read off a socket
+        raise RemoteError(payload.findtext("Code") or "error", payload.findtext("Message") or "", outbound.thread_id, outbound.sender)
     return Reply(outbound.payload, outbound.sender, outbound.thread_id, outbound.payload_xml)
 
 
