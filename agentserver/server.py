@@ -123,7 +123,7 @@ class Connection:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            await self.close(flush=False)
+            await self.close(flush=self._closing)  # the server ended it: send what it said first
 
     async def _on_frame(self, data: bytes) -> None:
         if control.is_control(data):
@@ -234,10 +234,12 @@ class Connection:
 
     async def flush(self, timeout: float) -> None:
         """Give the writer `timeout` seconds to send what is queued."""
-        if self._writer_task is None or self._writer_task.done():
+        writer_task = self._writer_task
+        if writer_task is None or writer_task.done():
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.outbox.join(), timeout)
+        joined = asyncio.ensure_future(self.outbox.join())
+        await asyncio.wait({joined, writer_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        joined.cancel()
 
     async def close(self, *, flush: bool) -> None:
         if self.name is not None:
@@ -319,6 +321,8 @@ class Server:
         self._connections.add(connection)
         try:
             await connection.run()
+        except asyncio.CancelledError:
+            pass  # stop() cancelled a connection that did not end on EOF: nothing to report
         finally:
             self._connections.discard(connection)
             self._handlers.discard(task)
@@ -350,12 +354,13 @@ class Server:
         connections = list(self._connections)
         await asyncio.gather(*(connection.flush(1.0) for connection in connections))
         for connection in connections:
-            connection._closing = True
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        for connection in connections:
-            await connection.close(flush=False)
+            await connection.close(flush=False)  # its reader sees EOF and its handler returns
+        handlers = list(self._handlers)
+        if handlers:
+            _, stuck = await asyncio.wait(handlers, timeout=2.0)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*stuck, return_exceptions=True)
         await self._close_listeners()
         self._remove_socket()
         return report
@@ -403,6 +408,7 @@ async def run_server(config_path: str, *, socket_path: str | None = None, tcp: s
         stopper.cancel()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)  # already stopping: a repeated signal must not kill the exit
         if not pump_task.done():
             pump_task.cancel()
         with contextlib.suppress(BaseException):
