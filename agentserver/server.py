@@ -103,7 +103,7 @@ class Connection:
         try:
             while not self._closing:
                 data = await self.reader.read(65536)
-                if not data:
+                if not data or self._closing:  # closed while reading: take nothing more from it
                     break
                 for event in decoder.feed(data):
                     if isinstance(event, Oversize):
@@ -148,7 +148,8 @@ class Connection:
         try:
             root = self.pump.ctx.xml.parse(data)
         except (UnsafeXml, etree.XMLSyntaxError) as exc:
-            self._refuse(getattr(exc, "code", "malformed"), f"first frame unreadable: {exc}", data)
+            code = exc.code if isinstance(exc, UnsafeXml) else "malformed"  # XMLSyntaxError.code is libxml2's int
+            self._refuse(code, f"first frame unreadable: {exc}", data)
             return False
         sender = None
         if root.tag == MESSAGE and len(root) and root[0].tag == META:

@@ -19,6 +19,8 @@ when the dataclass field asks for a type.
 
 from __future__ import annotations
 
+import re
+
 from lxml import etree, objectify
 
 from agentserver.envelope import ENVELOPE_NS
@@ -35,6 +37,7 @@ class UnsafeXml(ValueError):
         self.detail = detail
 
 
+_DECLARED_ENCODING = re.compile(rb"""\s*(?:\xef\xbb\xbf)?\s*<\?xml\s[^>]*?encoding\s*=\s*["']([^"']*)["']""")
 _TRUE = frozenset(("true", "1"))
 _FALSE = frozenset(("false", "0"))
 
@@ -85,6 +88,7 @@ class SafeXml:
             remove_comments=True,
             remove_pis=True,
             collect_ids=False,
+            encoding="utf-8",  # never the encoding a document declares (UTF-7 would hide a DTD)
         )
         self.strict = etree.XMLParser(**options)
         self.recovering = etree.XMLParser(recover=True, **options)
@@ -105,6 +109,9 @@ class SafeXml:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise UnsafeXml("malformed", f"not UTF-8: {exc}") from None
+        declared = _DECLARED_ENCODING.match(raw)
+        if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
+            raise UnsafeXml("malformed", f"declares encoding {declared.group(1).decode()!r}; only UTF-8 is accepted")
 
     def parse(self, raw: bytes) -> etree._Element:
         """Strictly parse checked bytes. Raises UnsafeXml or etree.XMLSyntaxError."""

@@ -6,9 +6,10 @@ steps pass the state through untouched, so the first failure is the one reported
 
 Accounting: every state is one unit of work. It is counted `accepted` when it is
 born and ends exactly once (`handled` or `errored`), see `Outcome` in stream_pump.
-A state may hold a conversation (`conversation`) and an admission ticket; `fork`
-makes a sibling that holds them too, so neither is released while any part of the
-message is still alive.
+A state may hold a conversation (`conversation`), an admission ticket (a place in
+the pipeline) and an intake ticket (a place in the bounded external intake, kept until
+its handler starts); `fork` makes a sibling that holds them too, so none is released
+while any part of the message still needs it.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class MessageState:
     is_error_report: bool = False  # a SystemError the pump sent: failures are never answered
     prebuilt: bool = False  # built by the pump: already a tree, skip repair
     conversation: "Conversation | None" = None
-    ticket: Ticket | None = None
+    ticket: Ticket | None = None  # a place among the envelopes admitted to the pipeline
+    intake_ticket: Ticket | None = None  # external messages: a place in the bounded intake
     settled: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -147,11 +149,14 @@ class MessageState:
             prebuilt=self.prebuilt,
             conversation=self.conversation,
             ticket=self.ticket,
+            intake_ticket=self.intake_ticket,
         )
         for key, value in changes.items():
             setattr(child, key, value)
         if child.ticket is not None:
             child.ticket.add()
+        if child.intake_ticket is not None:
+            child.intake_ticket.add()
         if child.conversation is not None:
             child.conversation.hold()
         return child
@@ -162,14 +167,25 @@ class MessageState:
             self.conversation = conversation
             conversation.hold()
 
+    def leave_pipeline(self) -> None:
+        """This unit is out of the pipeline (parked for its listener): free its admission share."""
+        if self.ticket is not None:
+            self.ticket.drop()
+            self.ticket = None
+
+    def leave_intake(self) -> None:
+        """This unit's handler has started: free its share of the intake."""
+        if self.intake_ticket is not None:
+            self.intake_ticket.drop()
+            self.intake_ticket = None
+
     def release(self) -> None:
         """Give back what this unit holds. Idempotent."""
         if self.settled:
             return
         self.settled = True
-        if self.ticket is not None:
-            self.ticket.drop()
-            self.ticket = None
+        self.leave_pipeline()
+        self.leave_intake()
         if self.conversation is not None:
             self.conversation.release()
 

@@ -90,7 +90,9 @@ def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Resp
         except (UnsafeXml, etree.XMLSyntaxError) as exc:
             state = MessageState(raw=bytes(item)[:4096], origin=Origin.listener(sender), sender=sender, thread=thread, sender_thread=thread)
             state.bind(thread.conversation)
-            out.states.append(state.fail(getattr(exc, "code", "malformed"), f"handler bytes: {exc}", "responses"))
+            # UnsafeXml carries our short code; XMLSyntaxError's `code` is libxml2's number
+            code = exc.code if isinstance(exc, UnsafeXml) else "malformed"
+            out.states.append(state.fail(code, f"handler bytes: {exc}", "responses"))
             return
         if len(elements) > ctx.limits.max_fanout:
             raise WrongType(f"{len(elements)} payloads at once; limit is {ctx.limits.max_fanout}")

@@ -11,8 +11,11 @@
    put units of work into the scheduler. Intake is bounded: a full intake makes
    `inject` wait. Responses never wait, so handlers cannot deadlock on their output.
 2. `_admitted` hands units to the pipeline in fair order, at most
-   `max_concurrent_pipelines` envelopes alive at once (a ticket per envelope, released
-   when every part of it has ended). It waits on an event; it never polls.
+   `max_concurrent_pipelines` envelopes in it at once (a ticket per envelope, released
+   when every part of it has ended or is parked for a busy listener). An external
+   message keeps its place in the bounded intake until its handler starts, so a
+   backlog for a slow listener still pushes back on clients. It waits on an event; it
+   never polls.
 3. `_pipeline` is the aiostream composition of the steps in `steps/`: repair, c14n,
    envelope validation, payload extraction (fan-out), thread assignment, XSD
    validation, deserialization, routing (fan-out). Errors ride along in the state.
@@ -146,7 +149,9 @@ class StreamPump:
         """Queue one envelope from an external sender; waits while the intake is full.
 
         `from_id` is the sender's trusted identity (a connection's name): the envelope's
-        `<from>` must match it. `thread_id` only groups the message for fair scheduling.
+        `<from>` must match it. `thread_id` groups the message for fair scheduling, and
+        is the thread a `<huh>` carries when the bytes are refused before their own
+        `<thread>` could be read (too large, malformed), so an `ask` still hears of it.
         """
         if self._closing:
             raise PumpClosed("the pump is shutting down")
@@ -155,6 +160,8 @@ class StreamPump:
             self._intake_space.release()
             raise PumpClosed("the pump is shutting down")
         state = MessageState(raw=bytes(raw), origin=Origin.external(from_id))
+        if thread_id is not None:
+            state.extra["thread_hint"] = thread_id
         self._accept(state)
         self._scheduler.push(("client", from_id if from_id is not None else thread_id), state, intake=True)
         self._work.set()
@@ -190,7 +197,7 @@ class StreamPump:
                 popped = self._scheduler.pop()
             state, from_intake = popped
             if from_intake:
-                self._intake_space.release()
+                state.intake_ticket = Ticket(self._intake_space.release)
             state.ticket = Ticket(self._admission.release)
             yield state
 
@@ -203,12 +210,23 @@ class StreamPump:
             | pipe.map(step(repair, ctx=ctx))
             | pipe.map(step(canonicalize, ctx=ctx))
             | pipe.map(step(validate_envelope, ctx=ctx))
-            | expand.pipe(step(extract_payloads, ctx=ctx))
+            | expand.pipe(self._counting_forks(step(extract_payloads, ctx=ctx)))
             | pipe.map(step(assign_thread, ctx=ctx))
             | pipe.map(step(validate_payload, ctx=ctx))
             | pipe.map(step(deserialize, ctx=ctx))
-            | expand.pipe(step(route, ctx=ctx))
+            | expand.pipe(self._counting_forks(step(route, ctx=ctx)))
         )
+
+    def _counting_forks(self, fan_out: Callable[[MessageState], list[MessageState]]):
+        """A fan-out step whose extra states are counted as accepted units (each ends once)."""
+
+        def counted(state: MessageState) -> list[MessageState]:
+            states = fan_out(state)
+            for fork in states[1:]:
+                self._accept(fork)
+            return states
+
+        return counted
 
     async def run(self) -> None:
         """Move messages until `shutdown()`. Run it as a task; it returns when stopped."""
@@ -236,6 +254,7 @@ class StreamPump:
             return
         self._record(state)
         if self._running[target.name] >= target.concurrency:
+            state.leave_pipeline()  # a parked unit must not hold back other listeners' messages
             self._parked[target.name].append(state)
             self.counters.listener(target.name).waiting += 1
             return
@@ -248,6 +267,7 @@ class StreamPump:
 
     def _start(self, listener: Listener, state: MessageState) -> None:
         """Run the handler in a task this pump owns (it holds one global slot)."""
+        state.leave_intake()
         self._running[listener.name] += 1
         stats = self.counters.listener(listener.name)
         stats.delivered += 1
@@ -257,8 +277,10 @@ class StreamPump:
         task.add_done_callback(self._tasks.discard)
 
     def _record(self, state: MessageState) -> None:
-        """Context buffer (once per delivery thread) and todo watchers see the message."""
+        """Context buffer (once per delivery thread) and todo watchers see the message;
+        the conversation is active (so it is not forgotten as idle while it is busy)."""
         thread = state.delivery_thread
+        self.threads.touch(thread.conversation, self.ctx.clock())
         self.context.append(thread.id, HistoryEntry(state.sender, state.target.name, state.root_tag, state.payload))
         self.todos.observe(thread.id, state.root_tag, state.sender)
 
@@ -404,21 +426,25 @@ class StreamPump:
         error = state.error
         self.counters.error(error.code)
         thread = state.delivery_thread or state.thread
+        # an external sender is who its connection is, whatever its <from> claims
+        sender = (state.origin.kind is OriginKind.EXTERNAL and state.origin.name) or state.sender or state.origin.name or ""
         log.warning(
             "refused code=%s step=%s from=%s to=%s thread=%s reason=%s",
-            error.code, error.step, state.sender or state.origin.name, getattr(state.target, "name", state.target) or state.to,
+            error.code, error.step, sender, getattr(state.target, "name", state.target) or state.to,
             thread.id if thread else state.thread_ref, error.reason,
         )
         self.dead_letters.record(
             time=time.time(), code=error.code, reason=error.reason, step=error.step,
-            sender=state.sender or (state.origin.name or ""), thread=thread.id if thread else state.thread_ref,
+            sender=sender, thread=thread.id if thread else state.thread_ref,
             raw=state.canonical or state.raw,
         )
         try:
-            if answer and not state.is_error_report:
-                if error.code == "hops":
-                    self._tell_root(state)
-                elif to_caller:
+            if answer and error.code == "hops":
+                # told once per conversation (even when the unit over the limit was itself
+                # an error report): the conversation is ended, so this cannot loop
+                self._tell_root(state)
+            elif answer and not state.is_error_report:
+                if to_caller:
                     self._tell_caller(state, error.code)
                 else:
                     self._tell_sender(state, error.code)
@@ -430,8 +456,11 @@ class StreamPump:
         if kind is OriginKind.EXTERNAL:
             client = state.origin.name or state.sender
             if client:
-                huh = build_huh(to=client, thread=state.thread_ref or None, code=code, message=ERROR_CODES.get(code, "Error."))
-                self._to_mailbox(client, Outbound("huh", state.thread_ref or NIL_THREAD, "system", huh, code=code, message=ERROR_CODES.get(code, "")))
+                thread_id = state.thread_ref or state.extra.get("thread_hint") or NIL_THREAD
+                huh = build_huh(to=client, thread=thread_id, code=code, message=ERROR_CODES.get(code, "Error."))
+                outbound = Outbound("huh", thread_id, "system", huh, code=code, message=ERROR_CODES.get(code, ""))
+                if not self._to_mailbox(client, outbound):
+                    self._report_undeliverable(client, thread_id, code, huh)
         elif kind is OriginKind.LISTENER and state.sender_thread is not None:
             self._push_response(self._system_message(system_error(code), to=state.sender_thread.owner, thread=state.sender_thread))
 
@@ -456,7 +485,15 @@ class StreamPump:
         error = system_error(code)
         element = error.xml_value().getroot()
         envelope = etree.tostring(build_envelope(element, sender="system", to=client, thread=thread_id))
-        self._to_mailbox(client, Outbound("reply", thread_id, "system", envelope, error, etree.tostring(error.xml_value())))
+        if not self._to_mailbox(client, Outbound("reply", thread_id, "system", envelope, error, etree.tostring(error.xml_value()))):
+            self._report_undeliverable(client, thread_id, code, envelope)
+
+    def _report_undeliverable(self, client: str, thread_id: str, code: str, frame: bytes) -> None:
+        """An error report the client cannot take: an error about an error, logged and recorded only."""
+        reason = f"error report ({code}) to client {client!r}: the client is gone or not reading"
+        log.warning("undeliverable error report code=%s to=%s thread=%s", code, client, thread_id)
+        self.dead_letters.record(time=time.time(), code="undeliverable", reason=reason, step="report",
+                                 sender="system", thread=thread_id, raw=frame)
 
     def _system_message(self, payload: Any, *, to: str | None, thread: Thread) -> MessageState:
         root = build_envelope(payload_element(payload, self.ctx), sender="system", to=to, thread=thread.id,

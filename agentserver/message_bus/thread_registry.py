@@ -123,8 +123,10 @@ class ThreadRegistry:
         return thread.parent
 
     def touch(self, conversation: Conversation, now: float) -> None:
+        """The conversation is active at `now` (the pump calls this on every delivery)."""
         conversation.last_active = now
-        self._conversations.move_to_end(conversation.id)
+        if conversation.id in self._conversations:
+            self._conversations.move_to_end(conversation.id)
 
     def forget_idle(self, now: float, idle_s: float) -> int:
         """Forget conversations idle for longer than `idle_s`. Returns how many."""
@@ -145,17 +147,18 @@ class ThreadRegistry:
         return thread
 
     def _finish(self, conversation: Conversation) -> None:
-        if conversation.id in self._conversations:
-            self._forget(conversation)
+        # also when it was forgotten as idle while a unit was still out: the threads it
+        # made since then must go too
+        self._forget(conversation)
 
     def _forget(self, conversation: Conversation) -> None:
-        self._conversations.pop(conversation.id, None)
+        if self._conversations.pop(conversation.id, None) is not None:
+            self.forgotten += 1
         if conversation.external_id is not None:
             key = (conversation.client, conversation.external_id)
             if self._external.get(key) is conversation:
                 del self._external[key]
         for thread_id in conversation.threads:
             self._threads.pop(thread_id, None)
-        self.forgotten += 1
         if self._on_forget is not None:
             self._on_forget(conversation.threads)

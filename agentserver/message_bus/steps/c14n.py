@@ -1,8 +1,9 @@
 """Step 2, exclusive C14N: `state.canonical` = the envelope's exclusive canonical bytes.
 
 Yields the state with `canonical` set: one stable byte form per message whatever the
-sender's prefixes, attribute order or whitespace inside tags. It is what the context
-buffer, dead letters and logs keep. The tree itself is not re-parsed.
+sender's attribute order, whitespace inside tags, comments, character references or
+unused namespace declarations (C14N keeps namespace prefixes as the sender wrote
+them). It is what dead letters and logs keep. The tree itself is not re-parsed.
 """
 
 from __future__ import annotations
