@@ -23,15 +23,15 @@ import json
 import os
 import uuid
 from collections import deque
-from typing import Any, AsyncIterator
+from typing import Any
 
 from lxml import etree
 
 from agentserver import control
-from agentserver.envelope import MESSAGE, build_envelope, payload_elements, read_huh, read_meta
-from agentserver.framing import FrameDecoder, encode_frame
-from agentserver.message_bus.local_client import outbound_result, payload_to_element
-from agentserver.outbound import Outbound, Reply
+from agentserver.envelope import MESSAGE, payload_elements, read_huh, read_meta
+from agentserver.framing import Frame, FrameDecoder, encode_frame
+from agentserver.outbound import Outbound
+from agentserver.sender import ExternalSender
 from agentserver.xmlsafe import SafeXml, UnsafeXml
 
 __all__ = ["connect", "Client", "ControlError", "DEFAULT_SOCKET"]
@@ -77,18 +77,14 @@ async def connect(
     return client
 
 
-class Client:
+class Client(ExternalSender):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str, *, max_frame: int, inbox_size: int = 10_000) -> None:
-        self.name = name
+        super().__init__(name, SafeXml(max_frame), inbox_size=inbox_size)
         self._reader = reader
         self._writer = writer
-        self._xml = SafeXml(max_frame)
         self._decoder = FrameDecoder(max_frame)
-        self._waiters: dict[str, asyncio.Future[Outbound]] = {}
         self._control: deque[asyncio.Future[control.ControlRequest]] = deque()
-        self._inbox: asyncio.Queue[Outbound | None] = asyncio.Queue(inbox_size)
-        self.dropped = 0
-        self._closed = False
+        self._is_closed = False
         self._read_task = asyncio.create_task(self._read_loop(), name=f"client-reader:{name}")
 
     async def __aenter__(self) -> "Client":
@@ -97,7 +93,7 @@ class Client:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    # -- requests ------------------------------------------------------------------
+    # -- control requests ------------------------------------------------------------
     async def _hello(self, token: str | None) -> None:
         answer = await self._request(control.hello(self.name, token))
         if answer.verb != "welcome":
@@ -123,58 +119,16 @@ class Client:
         """The most recent dead letters (oldest first)."""
         return await self._control_result("deadletters", **({"limit": str(limit)} if limit else {}))
 
-    def envelope(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> tuple[bytes, str]:
-        thread_id = thread_id or str(uuid.uuid4())
-        element = payload_to_element(payload, self._xml)
-        return etree.tostring(build_envelope(element, sender=self.name, to=to, thread=thread_id)), thread_id
-
-    async def send(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> str:
-        """Send one payload (an @xmlify object or XML text); returns the thread id."""
-        raw, thread_id = self.envelope(payload, to=to, thread_id=thread_id)
-        await self._write(raw)
-        return thread_id
-
     async def send_raw(self, frame: bytes) -> None:
         """Send the bytes of one frame as they are (tests, tools)."""
         await self._write(frame)
 
-    async def ask(self, payload: Any, *, to: str | None = None, timeout: float = 30.0) -> Reply:
-        """Send and wait for the first frame on that thread."""
-        raw, thread_id = self.envelope(payload, to=to)
-        future = asyncio.get_running_loop().create_future()
-        self._waiters[thread_id] = future
-        try:
-            await self._write(raw)
-            outbound = await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            from agentserver.outbound import AskTimeout
-
-            raise AskTimeout(f"no reply on thread {thread_id} within {timeout}s") from None
-        finally:
-            self._waiters.pop(thread_id, None)
-        return outbound_result(outbound)
-
-    async def receive(self) -> Outbound:
-        """The next frame that no `ask` was waiting for. Raises ConnectionError once closed."""
-        item = await self._inbox.get()
-        if item is None:
-            self._inbox.put_nowait(None)
-            raise ConnectionError("connection closed")
-        return item
-
-    def __aiter__(self) -> AsyncIterator[Outbound]:
-        return self._frames()
-
-    async def _frames(self) -> AsyncIterator[Outbound]:
-        while True:
-            try:
-                yield await self.receive()
-            except ConnectionError:
-                return
-
     # -- I/O ------------------------------------------------------------------------
+    async def _transmit(self, raw: bytes, thread_id: str) -> None:
+        await self._write(raw)
+
     async def _write(self, frame: bytes) -> None:
-        if self._closed:
+        if self._is_closed:
             raise ConnectionError("client is closed")
         self._writer.write(encode_frame(frame))
         await self._writer.drain()
@@ -186,19 +140,18 @@ class Client:
                 if not data:
                     break
                 for event in self._decoder.feed(data):
-                    if hasattr(event, "data"):
+                    if isinstance(event, Frame):
                         self._on_frame(event.data)
         except (ConnectionError, OSError):
             pass
         finally:
-            self._closed = True
+            self._is_closed = True
             error = ConnectionError("connection closed by the server")
-            for future in list(self._waiters.values()) + list(self._control):
+            for future in self._control:
                 if not future.done():
                     future.set_exception(error)
             self._control.clear()
-            with contextlib.suppress(asyncio.QueueFull):
-                self._inbox.put_nowait(None)
+            self._closed(error)
 
     def _on_frame(self, data: bytes) -> None:
         try:
@@ -212,23 +165,12 @@ class Client:
                 if not future.done():
                     future.set_result(request)
             return
-        if root.tag != MESSAGE:
-            return
-        outbound = _outbound(root, data)
-        waiter = self._waiters.pop(outbound.thread_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(outbound)
-            return
-        try:
-            self._inbox.put_nowait(outbound)
-        except asyncio.QueueFull:
-            self.dropped += 1
+        if root.tag == MESSAGE:
+            self._deliver(_outbound(root, data))
 
     async def close(self) -> None:
+        self._is_closed = True
         if not self._read_task.done():
-            self._closed = True
-            with contextlib.suppress(ConnectionError, OSError):
-                self._writer.close()
             self._read_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._read_task

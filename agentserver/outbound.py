@@ -8,21 +8,48 @@ pump: a reply addressed to the client, or a `<huh>` about one of its own message
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
+
+from lxml import etree
 
 __all__ = ["Outbound", "Reply", "AskError", "HuhError", "RemoteError", "AskTimeout"]
 
 
-@dataclass(frozen=True, slots=True)
 class Outbound:
-    kind: str  # "reply" or "huh"
-    thread_id: str  # the thread id the client used
-    sender: str  # the listener that answered, or "system"
-    envelope: bytes  # the whole frame
-    payload: Any = None  # replies: the payload object (in-process only)
-    payload_xml: bytes = b""  # replies: the payload element
-    code: str = ""  # huh: the short reason code
-    message: str = ""  # huh: the canned text
+    """One frame for a client. `envelope` and `payload_xml` are computed on first use:
+    the in-process client never needs the bytes, the socket server always does."""
+
+    __slots__ = ("kind", "thread_id", "sender", "payload", "code", "message", "_envelope", "_payload_xml")
+
+    def __init__(
+        self,
+        kind: str,  # "reply" or "huh"
+        thread_id: str,  # the thread id the client used
+        sender: str,  # the listener that answered, or "system"
+        envelope: bytes | Callable[[], bytes],  # the whole frame, or how to make it
+        payload: Any = None,  # replies: the payload object (in-process) or element (socket)
+        payload_xml: bytes | etree._Element = b"",  # replies: the payload element or its bytes
+        code: str = "",  # huh: the short reason code
+        message: str = "",  # huh: the canned text
+    ) -> None:
+        self.kind, self.thread_id, self.sender, self.payload = kind, thread_id, sender, payload
+        self.code, self.message = code, message
+        self._envelope, self._payload_xml = envelope, payload_xml
+
+    @property
+    def envelope(self) -> bytes:
+        if callable(self._envelope):
+            self._envelope = self._envelope()
+        return self._envelope
+
+    @property
+    def payload_xml(self) -> bytes:
+        if not isinstance(self._payload_xml, bytes):
+            self._payload_xml = etree.tostring(self._payload_xml, method="c14n", exclusive=True)
+        return self._payload_xml
+
+    def __repr__(self) -> str:
+        return f"Outbound({self.kind}, thread={self.thread_id}, sender={self.sender}, code={self.code!r})"
 
 
 @dataclass(frozen=True, slots=True)

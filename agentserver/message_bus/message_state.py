@@ -14,7 +14,7 @@ while any part of the message still needs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -118,7 +118,7 @@ class MessageState:
     ticket: Ticket | None = None  # a place among the envelopes admitted to the pipeline
     intake_ticket: Ticket | None = None  # external messages: a place in the bounded intake
     settled: bool = False
-    extra: dict = field(default_factory=dict)
+    thread_hint: str | None = None  # external: the thread the client injected with (for <huh>s)
 
     def fail(self, code: str, reason: str, step: str) -> "MessageState":
         if self.error is None:

@@ -103,6 +103,7 @@ def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Resp
 
 def _envelope(elements: list, sender: str, to: str | None, thread: Thread, sender_thread: Thread, ctx: PipelineContext) -> MessageState:
     root = build_envelope(elements, sender=sender, to=to, thread=thread.id, factory=ctx.xml.makeelement)
-    state = MessageState(raw=b"", origin=Origin.listener(sender), root=root, prebuilt=True, thread=thread, sender_thread=sender_thread)
+    state = MessageState(raw=b"", origin=Origin.listener(sender), root=root, prebuilt=True, sender=sender, to=to,
+                         thread_ref=thread.id, thread=thread, sender_thread=sender_thread)
     state.bind(thread.conversation)
     return state

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import functools
 import logging
 import time
 from collections import deque
@@ -41,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable
 
-from aiostream import pipe, stream
+from aiostream import stream
 from lxml import etree
 
 from agentserver.config import OrganismConfig
@@ -59,7 +58,8 @@ from agentserver.message_bus.message_state import (
     OriginKind,
     Ticket,
 )
-from agentserver.message_bus.operators import expand
+from agentserver.message_bus.deadlines import Deadlines
+from agentserver.message_bus.operators import each, fan_out
 from agentserver.message_bus.pipeline_context import PipelineContext
 from agentserver.message_bus.responses import WrongType, build_responses, payload_element
 from agentserver.message_bus.scheduler import FairScheduler
@@ -82,6 +82,9 @@ from agentserver.xmlsafe import SafeXml
 __all__ = ["StreamPump", "PumpClosed", "ShutdownReport"]
 
 log = logging.getLogger("agentserver.pump")
+
+BATCH = 64  # most units taken from the scheduler for one pass through the pipeline
+SLICE_S = 0.001  # dispatch gives the event loop back at least this often, so started handlers run
 
 Mailbox = Callable[[Outbound], bool]
 
@@ -132,7 +135,8 @@ class StreamPump:
         self._work = asyncio.Event()
         self._idle = asyncio.Event()
         self._intake_space = asyncio.Semaphore(limits.intake_capacity)
-        self._admission = asyncio.Semaphore(config.max_concurrent_pipelines)
+        self._admission_room = config.max_concurrent_pipelines  # units admitted, not yet started
+        self._deadlines = Deadlines(limits.handler_timeout_s)
         self._handler_slots = asyncio.Semaphore(config.max_concurrent_handlers)
         self._running: dict[str, int] = {name: 0 for name in self.routes.by_name}
         self._parked: dict[str, deque[MessageState]] = {name: deque() for name in self.routes.by_name}
@@ -159,9 +163,7 @@ class StreamPump:
         if self._closing:
             self._intake_space.release()
             raise PumpClosed("the pump is shutting down")
-        state = MessageState(raw=bytes(raw), origin=Origin.external(from_id))
-        if thread_id is not None:
-            state.extra["thread_hint"] = thread_id
+        state = MessageState(raw=bytes(raw), origin=Origin.external(from_id), thread_hint=thread_id)
         self._accept(state)
         self._scheduler.push(("client", from_id if from_id is not None else thread_id), state, intake=True)
         self._work.set()
@@ -183,62 +185,71 @@ class StreamPump:
         self._push_response(self._system_message(boot, to=None, thread=root))
 
     # ------------------------------------------------------------------ 2. admission
-    async def _admitted(self) -> AsyncIterator[MessageState]:
-        """Units in fair order, at most max_concurrent_pipelines envelopes alive."""
+    async def _admitted(self) -> AsyncIterator[list[MessageState]]:
+        """Batches of units in fair order: what is ready, within the admission room."""
         while True:
-            await self._admission.acquire()
-            popped = self._scheduler.pop()
-            while popped is None:
+            batch = self._take_batch()
+            while not batch:
                 if self._stopping:
-                    self._admission.release()
                     return
-                self._work.clear()
+                self._work.clear()  # set again by a push or by a freed admission place
                 await self._work.wait()
-                popped = self._scheduler.pop()
+                batch = self._take_batch()
+            yield batch
+
+    def _take_batch(self) -> list[MessageState]:
+        batch = []
+        while self._admission_room and len(batch) < BATCH:
+            popped = self._scheduler.pop()
+            if popped is None:
+                break
             state, from_intake = popped
             if from_intake:
                 state.intake_ticket = Ticket(self._intake_space.release)
-            state.ticket = Ticket(self._admission.release)
-            yield state
+            state.ticket = Ticket(self._admission_freed)
+            self._admission_room -= 1
+            batch.append(state)
+        return batch
+
+    def _admission_freed(self) -> None:
+        self._admission_room += 1
+        if self._admission_room == 1:
+            self._work.set()
 
     # ------------------------------------------------------------------ 3. pipeline
     def _pipeline(self):
+        """Batches of routed units. Fan-out copies are counted as units of their own."""
         ctx = self.ctx
-        step = functools.partial
         return (
             stream.iterate(self._admitted())
-            | pipe.map(step(repair, ctx=ctx))
-            | pipe.map(step(canonicalize, ctx=ctx))
-            | pipe.map(step(validate_envelope, ctx=ctx))
-            | expand.pipe(self._counting_forks(step(extract_payloads, ctx=ctx)))
-            | pipe.map(step(assign_thread, ctx=ctx))
-            | pipe.map(step(validate_payload, ctx=ctx))
-            | pipe.map(step(deserialize, ctx=ctx))
-            | expand.pipe(self._counting_forks(step(route, ctx=ctx)))
+            | each.pipe(repair, ctx)
+            | each.pipe(canonicalize, ctx)
+            | each.pipe(validate_envelope, ctx)
+            | fan_out.pipe(extract_payloads, ctx, self._accept)
+            | each.pipe(assign_thread, ctx)
+            | each.pipe(validate_payload, ctx)
+            | each.pipe(deserialize, ctx)
+            | fan_out.pipe(route, ctx, self._accept)
         )
-
-    def _counting_forks(self, fan_out: Callable[[MessageState], list[MessageState]]):
-        """A fan-out step whose extra states are counted as accepted units (each ends once)."""
-
-        def counted(state: MessageState) -> list[MessageState]:
-            states = fan_out(state)
-            for fork in states[1:]:
-                self._accept(fork)
-            return states
-
-        return counted
 
     async def run(self) -> None:
         """Move messages until `shutdown()`. Run it as a task; it returns when stopped."""
         if self._run_task is not None:
             raise RuntimeError("this pump is already running")
         self._run_task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        slice_end = loop.time() + SLICE_S
         try:
-            async with self._pipeline().stream() as routed:
-                async for state in routed:
-                    await self._dispatch(state)
+            async with self._pipeline().stream() as batches:
+                async for batch in batches:
+                    for state in batch:
+                        await self._dispatch(state)
+                        if loop.time() >= slice_end:  # let the handlers just started run
+                            await asyncio.sleep(0)
+                            slice_end = loop.time() + SLICE_S
         finally:
             await self._cancel_handlers()
+            self._deadlines.close()
 
     # ------------------------------------------------------------------ 4. dispatch
     async def _dispatch(self, state: MessageState) -> None:
@@ -266,7 +277,11 @@ class StreamPump:
         self._start(target, state)
 
     def _start(self, listener: Listener, state: MessageState) -> None:
-        """Run the handler in a task this pump owns (it holds one global slot)."""
+        """Run the handler in a task this pump owns (it holds one global slot).
+
+        The unit leaves the pipeline and the intake: from here on the handler caps bound it.
+        """
+        state.leave_pipeline()
         state.leave_intake()
         self._running[listener.name] += 1
         stats = self.counters.listener(listener.name)
@@ -298,14 +313,15 @@ class StreamPump:
         )
         stats = self.counters.listener(listener.name)
         cancelled = False
+        task = asyncio.current_task()
+        deadline = self._deadlines.watch(task)
         try:
-            timeout = asyncio.timeout(self.config.limits.handler_timeout_s)
             try:
-                async with timeout:
-                    result = await listener.handler(state.payload, meta)
-            except TimeoutError:
-                if not timeout.expired():
+                result = await listener.handler(state.payload, meta)
+            except asyncio.CancelledError:
+                if not self._deadlines.claim(task):
                     raise
+                task.uncancel()
                 stats.errored += 1
                 self._fail(state, "timeout", f"{listener.name} ran over {self.config.limits.handler_timeout_s}s", to_caller=True)
                 return
@@ -331,6 +347,7 @@ class StreamPump:
             log.error("handler %s raised on thread %s", listener.name, thread.id, exc_info=exc)
             self._fail(state, "handler", f"{listener.name} raised {type(exc).__name__}: {exc}", to_caller=True)
         finally:
+            self._deadlines.unwatch(task, deadline)
             stats.running -= 1
             self._handler_done(listener, cancelled)
 
@@ -363,10 +380,12 @@ class StreamPump:
             return
         conversation = state.delivery_thread.conversation
         thread_id = conversation.external_id or NIL_THREAD
-        element = state.payload_element
-        envelope = etree.tostring(build_envelope(copy.deepcopy(element), sender=state.sender, to=client, thread=thread_id))
-        payload_xml = etree.tostring(element, method="c14n", exclusive=True)
-        outbound = Outbound("reply", thread_id, state.sender, envelope, state.payload, payload_xml)
+        element, sender = state.payload_element, state.sender
+
+        def frame() -> bytes:  # built only if a socket client needs the bytes
+            return etree.tostring(build_envelope(copy.deepcopy(element), sender=sender, to=client, thread=thread_id))
+
+        outbound = Outbound("reply", thread_id, sender, frame, state.payload, element)
         if self._to_mailbox(client, outbound):
             self._settle(state)
         else:
@@ -436,7 +455,7 @@ class StreamPump:
         self.dead_letters.record(
             time=time.time(), code=error.code, reason=error.reason, step=error.step,
             sender=sender, thread=thread.id if thread else state.thread_ref,
-            raw=state.canonical or state.raw,
+            raw=state.canonical or state.raw or _canonical(state.root),
         )
         try:
             if answer and error.code == "hops":
@@ -456,7 +475,7 @@ class StreamPump:
         if kind is OriginKind.EXTERNAL:
             client = state.origin.name or state.sender
             if client:
-                thread_id = state.thread_ref or state.extra.get("thread_hint") or NIL_THREAD
+                thread_id = state.thread_ref or state.thread_hint or NIL_THREAD
                 huh = build_huh(to=client, thread=thread_id, code=code, message=ERROR_CODES.get(code, "Error."))
                 outbound = Outbound("huh", thread_id, "system", huh, code=code, message=ERROR_CODES.get(code, ""))
                 if not self._to_mailbox(client, outbound):
@@ -485,7 +504,7 @@ class StreamPump:
         error = system_error(code)
         element = error.xml_value().getroot()
         envelope = etree.tostring(build_envelope(element, sender="system", to=client, thread=thread_id))
-        if not self._to_mailbox(client, Outbound("reply", thread_id, "system", envelope, error, etree.tostring(error.xml_value()))):
+        if not self._to_mailbox(client, Outbound("reply", thread_id, "system", envelope, error, element)):
             self._report_undeliverable(client, thread_id, code, envelope)
 
     def _report_undeliverable(self, client: str, thread_id: str, code: str, frame: bytes) -> None:
@@ -498,8 +517,8 @@ class StreamPump:
     def _system_message(self, payload: Any, *, to: str | None, thread: Thread) -> MessageState:
         root = build_envelope(payload_element(payload, self.ctx), sender="system", to=to, thread=thread.id,
                               factory=self.ctx.xml.makeelement)
-        state = MessageState(raw=b"", origin=SYSTEM_ORIGIN, root=root, prebuilt=True, thread=thread,
-                             is_error_report=to is not None)
+        state = MessageState(raw=b"", origin=SYSTEM_ORIGIN, root=root, prebuilt=True, sender="system", to=to,
+                             thread_ref=thread.id, thread=thread, is_error_report=to is not None)
         state.bind(thread.conversation)
         return state
 
@@ -573,3 +592,6 @@ class StreamPump:
         )
         return snapshot
 
+
+def _canonical(root: etree._Element | None) -> bytes:
+    return etree.tostring(root, method="c14n", exclusive=True) if root is not None else b""

@@ -2,6 +2,9 @@
 
 Yields the state with `sender`, `to` and `thread_ref` read from `<meta>`. Refusal:
 `invalid-envelope` (the validator's message goes to the log, never to the sender).
+Envelopes the pump built itself (`prebuilt`: handler output, system messages) were
+made by `build_envelope` from values it checked, and carry those values already; only
+their payloads are validated, by the XSD step.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from agentserver.message_bus.pipeline_context import PipelineContext
 
 
 def validate_envelope(state: MessageState, ctx: PipelineContext) -> MessageState:
-    if state.error is not None:
+    if state.error is not None or state.prebuilt:
         return state
     schema = ctx.envelope_schema
     if not schema.validate(state.root):

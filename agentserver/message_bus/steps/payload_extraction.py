@@ -4,7 +4,8 @@ Returns a list: one state per payload element after `<meta>`, each with
 `payload_element` and `root_tag` set (the first reuses the incoming state, the others
 are forks that share its holds). An errored state comes back alone. External senders
 may put exactly one payload in an envelope; handler output may carry several (a legacy
-`bytes` return). Refusal: `invalid-envelope`.
+`bytes` return), and those must be unqualified like every payload. Refusal:
+`invalid-envelope`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def extract_payloads(state: MessageState, ctx: PipelineContext) -> list[MessageS
         return [state.fail("invalid-envelope", "envelope carries no payload", "extraction")]
     if len(payloads) > 1 and state.origin.kind is OriginKind.EXTERNAL:
         return [state.fail("invalid-envelope", f"{len(payloads)} payloads; external senders send one per message", "extraction")]
+    if state.prebuilt and any(p.tag[0] == "{" for p in payloads):  # external ones: envelope.xsd said so
+        return [state.fail("invalid-envelope", "payloads must be unqualified (xmlns=\"\")", "extraction")]
     first = payloads[0]
     states = [state.fork(payload_element=p, root_tag=p.tag) for p in payloads[1:]]
     state.payload_element, state.root_tag = first, first.tag

@@ -1,0 +1,130 @@
+"""What every external sender does, in-process or over a socket: name itself, wrap
+payloads in envelopes, `send`, `ask` and keep the frames nobody asked for.
+
+Subclasses say how bytes leave (`_transmit`) and call `_deliver` with each frame that
+arrives. `ask` registers a waiter on a fresh thread id before sending, so the reply
+cannot race it; frames for no waiter go to a bounded inbox (`receive`, `async for`),
+and what does not fit is counted in `dropped`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, AsyncIterator
+
+from lxml import etree
+
+from agentserver.envelope import build_envelope
+from agentserver.outbound import AskTimeout, HuhError, Outbound, RemoteError, Reply
+from agentserver.primitives import SystemError
+from agentserver.xmlsafe import SafeXml
+
+__all__ = ["ExternalSender", "payload_to_element", "outbound_result"]
+
+_CLOSED = None  # inbox sentinel: the sender is closed
+
+
+def payload_to_element(payload: Any, xml: SafeXml) -> etree._Element:
+    """An @xmlify object, or the XML text of exactly one payload element, as an element."""
+    if isinstance(payload, (str, bytes, bytearray)):
+        elements = xml.fragment(bytes(payload) if not isinstance(payload, str) else payload)
+        if len(elements) != 1:
+            raise ValueError(f"expected one payload element, got {len(elements)}")
+        return elements[0]
+    if hasattr(payload, "xml_value"):
+        return payload.xml_value().getroot()
+    raise TypeError(f"{type(payload).__name__} is neither an @xmlify payload nor XML text")
+
+
+def outbound_result(outbound: Outbound) -> Reply:
+    """The Reply an `ask` returns for `outbound`, or the AskError it raises."""
+    if outbound.kind == "huh":
+        raise HuhError(outbound.code, outbound.message, outbound.thread_id)
+    payload = outbound.payload
+    if isinstance(payload, SystemError):
+        raise RemoteError(payload.code, payload.message, outbound.thread_id, outbound.sender)
+    if isinstance(payload, etree._Element) and payload.tag == "SystemError":  # read off a socket
+        raise RemoteError(payload.findtext("Code") or "error", payload.findtext("Message") or "", outbound.thread_id, outbound.sender)
+    return Reply(payload, outbound.sender, outbound.thread_id, outbound.payload_xml)
+
+
+class ExternalSender:
+    def __init__(self, name: str, xml: SafeXml, *, inbox_size: int) -> None:
+        self.name = name
+        self._xml = xml
+        self._waiters: dict[str, asyncio.Future[Outbound]] = {}
+        self._inbox: asyncio.Queue[Outbound | None] = asyncio.Queue(inbox_size)
+        self.dropped = 0
+
+    async def _transmit(self, raw: bytes, thread_id: str) -> None:
+        raise NotImplementedError
+
+    def envelope(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> tuple[bytes, str]:
+        """(envelope bytes, thread id) for `payload` sent by this client."""
+        thread_id = thread_id or str(uuid.uuid4())
+        element = payload_to_element(payload, self._xml)
+        return etree.tostring(build_envelope(element, sender=self.name, to=to, thread=thread_id)), thread_id
+
+    async def send(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> str:
+        """Send one payload (an @xmlify object or XML text); returns the thread id (new unless given)."""
+        raw, thread_id = self.envelope(payload, to=to, thread_id=thread_id)
+        await self._transmit(raw, thread_id)
+        return thread_id
+
+    async def ask(self, payload: Any, *, to: str | None = None, timeout: float = 30.0) -> Reply:
+        """Send and wait for the first frame on that thread: a Reply, or HuhError/RemoteError/AskTimeout."""
+        raw, thread_id = self.envelope(payload, to=to)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters[thread_id] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                await self._transmit(raw, thread_id)
+                outbound = await waiter
+        except TimeoutError:
+            raise AskTimeout(f"no reply on thread {thread_id} within {timeout}s") from None
+        finally:
+            self._waiters.pop(thread_id, None)
+        return outbound_result(outbound)
+
+    def _deliver(self, outbound: Outbound) -> bool:
+        """A frame arrived: wake its `ask`, or keep it for `receive`. False if it had to be dropped."""
+        waiter = self._waiters.pop(outbound.thread_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outbound)
+            return True
+        try:
+            self._inbox.put_nowait(outbound)
+            return True
+        except asyncio.QueueFull:
+            self.dropped += 1
+            return False
+
+    def _closed(self, error: BaseException) -> None:
+        """No more frames will arrive: fail the waiting asks, end `receive` and iteration."""
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(error)
+        self._waiters.clear()
+        try:
+            self._inbox.put_nowait(_CLOSED)
+        except asyncio.QueueFull:
+            pass
+
+    async def receive(self) -> Outbound:
+        """The next frame that no `ask` was waiting for. Raises ConnectionError once closed."""
+        item = await self._inbox.get()
+        if item is _CLOSED:
+            self._inbox.put_nowait(_CLOSED)
+            raise ConnectionError("closed")
+        return item
+
+    def __aiter__(self) -> AsyncIterator[Outbound]:
+        return self._frames()
+
+    async def _frames(self) -> AsyncIterator[Outbound]:
+        while True:
+            try:
+                yield await self.receive()
+            except ConnectionError:
+                return
