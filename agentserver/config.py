@@ -60,7 +60,7 @@ class ListenerConfig:
     handler: Callable
     description: str = ""
     agent: bool = False
-    peers: list[str] = field(default_factory=list)
+    peers: list[str] | None = None  # None: not declared; []: declared empty (respond only)
     concurrency: int | None = None
     line: int = 0
 
@@ -289,7 +289,7 @@ def _load_listeners(check: _Checker, node: yaml.Node, config: OrganismConfig) ->
                     peer = check.scalar(peer_node, f"{label} peer", str)
                     if peer is not None:
                         peers.append((peer, peer_node))
-        listener.peers = [peer for peer, _ in peers]
+        listener.peers = [peer for peer, _ in peers] if "peers" in fields else None
         peer_nodes.append((listener, peers))
         config.listeners.append(listener)
 

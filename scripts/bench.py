@@ -180,7 +180,7 @@ async def running_pump(**options: Any):
     pump = make_pump(**options)
     task = asyncio.create_task(pump.run(), name="bench-pump")
     try:
-        await pump._idle.wait()  # the Boot message has gone through
+        await pump.idle()  # the Boot message has gone through
         yield pump
     finally:
         await pump.shutdown(timeout=10)
@@ -190,7 +190,7 @@ async def running_pump(**options: Any):
 
 async def drain(pump: StreamPump) -> None:
     """Wait until nothing is in flight (the pump sets `_idle` when in_flight reaches 0)."""
-    await pump._idle.wait()
+    await pump.idle()
     if pump.counters.in_flight != 0:  # pragma: no cover - a pump bug
         raise BenchError(f"pump idle with {pump.counters.in_flight} units in flight")
 

@@ -84,7 +84,7 @@ def run_steps(ctx, raw: bytes, *, origin: Origin | None = None, upto=route, stat
 
 async def settle(pump: StreamPump, timeout: float = HANG_GUARD) -> None:
     """Wait until nothing is in flight (the pump's own idle event; no polling)."""
-    await asyncio.wait_for(pump._idle.wait(), timeout)
+    await asyncio.wait_for(pump.idle(), timeout)
 
 
 def assert_counters(pump: StreamPump) -> None:

@@ -71,3 +71,11 @@ async def test_an_agent_receives_its_usage_instructions_and_name_at_run_time(sta
     assert (boss.meta.own_name, boss.meta.from_id, boss.meta.is_self_call) == ("boss", "tester", False)
     (worker,) = PROBE.of("worker")
     assert (worker.meta.own_name, worker.meta.usage_instructions, worker.meta.todo_nudge) == (None, "", "")
+
+
+def test_declared_empty_peers_mean_respond_only_even_for_a_plain_listener():
+    routes = pump_for(*TEAM, listener("mute", "Typed", "typed_echo", peers=[])).routes
+    mute = routes.by_name["mute"]
+    assert mute.peers == frozenset()
+    assert not mute.may_send_to("worker") and mute.may_send_to("mute")
+    assert routes.by_name["worker"].may_send_to("typed")  # no peers declared: anywhere

@@ -150,14 +150,13 @@ class Routes:
             concurrency = config.max_concurrent_per_agent
         else:
             concurrency = config.max_concurrent_handlers
-        declared = frozenset(spec.peers) if spec.peers else None
         return Listener(
             name=spec.name,
             payload_type=self.payload_types.add(spec.payload_class),
             handler=spec.handler,
             description=spec.description,
             agent=spec.agent,
-            peers=declared if (declared or spec.agent) else None,
+            peers=frozenset(spec.peers or ()) if (spec.peers is not None or spec.agent) else None,
             concurrency=concurrency,
         )
 

@@ -572,6 +572,11 @@ class StreamPump:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------------ introspection
+    async def idle(self) -> None:
+        """Wait until nothing is in flight (every accepted unit has ended)."""
+        if self.counters.in_flight:
+            await self._idle.wait()
+
     def status(self) -> dict:
         """Counters, queue depths and open conversations (for `status`)."""
         snapshot = self.counters.snapshot()
