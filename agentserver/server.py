@@ -35,7 +35,7 @@ from pathlib import Path
 from lxml import etree
 
 from agentserver import control
-from agentserver.config import ConfigError, is_reserved
+from agentserver.config import NAME_PATTERN, ConfigError, is_reserved
 from agentserver.envelope import FROM, MESSAGE, META, build_huh
 from agentserver.framing import FrameDecoder, Oversize, encode_frame
 from agentserver.message_bus.bootstrap import bootstrap
@@ -275,6 +275,8 @@ class Server:
     def name_problem(self, name: str) -> str | None:
         if not name:
             return "empty name"
+        if not NAME_PATTERN.match(name):
+            return "not a valid name (letters, digits, _ . -; starting with a letter or _)"
         if is_reserved(name):
             return "reserved name"
         if name in self.pump.routes.by_name:

@@ -265,3 +265,8 @@ async def test_a_client_that_disconnects_mid_frame_disturbs_nobody(server):
     async with await connect(server.socket_path, name="after") as client:
         reply = await client.ask("<Echo><Text>fine</Text></Echo>", to="echo", timeout=10)
     assert reply.xml == b"<Echo><Text>fine</Text></Echo>"
+
+
+async def test_a_connection_name_must_be_a_valid_name(server):
+    with pytest.raises(ControlError):
+        await connect(server.socket_path, name="bad name")
