@@ -7,7 +7,6 @@ pump: a reply addressed to the client, or a `<huh>` about one of its own message
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from lxml import etree
@@ -52,14 +51,21 @@ class Outbound:
         return f"Outbound({self.kind}, thread={self.thread_id}, sender={self.sender}, code={self.code!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Reply:
-    """The answer to an `ask`: the payload object, who sent it, and the thread id."""
+    """The answer to an `ask`: the payload (an object in-process, an element over a
+    socket), who sent it, the thread id, and `xml`, the payload's canonical bytes."""
 
-    payload: Any
-    sender: str
-    thread_id: str
-    xml: bytes = b""
+    __slots__ = ("payload", "sender", "thread_id", "_frame")
+
+    def __init__(self, payload: Any, sender: str, thread_id: str, frame: "Outbound | None" = None) -> None:
+        self.payload, self.sender, self.thread_id, self._frame = payload, sender, thread_id, frame
+
+    @property
+    def xml(self) -> bytes:
+        return self._frame.payload_xml if self._frame is not None else b""
+
+    def __repr__(self) -> str:
+        return f"Reply(payload={self.payload!r}, sender={self.sender!r}, thread_id={self.thread_id!r})"
 
 
 class AskError(Exception):

@@ -10,6 +10,7 @@ and what does not fit is counted in `dropped`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from typing import Any, AsyncIterator
 
@@ -46,7 +47,7 @@ def outbound_result(outbound: Outbound) -> Reply:
         raise RemoteError(payload.code, payload.message, outbound.thread_id, outbound.sender)
     if isinstance(payload, etree._Element) and payload.tag == "SystemError":  # read off a socket
         raise RemoteError(payload.findtext("Code") or "error", payload.findtext("Message") or "", outbound.thread_id, outbound.sender)
-    return Reply(payload, outbound.sender, outbound.thread_id, outbound.payload_xml)
+    return Reply(payload, outbound.sender, outbound.thread_id, outbound)
 
 
 class ExternalSender:
@@ -56,13 +57,17 @@ class ExternalSender:
         self._waiters: dict[str, asyncio.Future[Outbound]] = {}
         self._inbox: asyncio.Queue[Outbound | None] = asyncio.Queue(inbox_size)
         self.dropped = 0
+        # new thread ids: UUID-shaped, a random prefix per sender and a counter (uuid4
+        # each time cost more than the rest of building an envelope)
+        self._thread_prefix = str(uuid.uuid4())[:24]
+        self._thread_numbers = itertools.count(1)
 
     async def _transmit(self, raw: bytes, thread_id: str) -> None:
         raise NotImplementedError
 
     def envelope(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> tuple[bytes, str]:
         """(envelope bytes, thread id) for `payload` sent by this client."""
-        thread_id = thread_id or str(uuid.uuid4())
+        thread_id = thread_id or f"{self._thread_prefix}{next(self._thread_numbers):012x}"
         element = payload_to_element(payload, self._xml)
         return etree.tostring(build_envelope(element, sender=self.name, to=to, thread=thread_id)), thread_id
 

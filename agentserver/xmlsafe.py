@@ -25,7 +25,7 @@ from lxml import etree, objectify
 
 from agentserver.envelope import ENVELOPE_NS
 
-__all__ = ["SafeXml", "UnsafeXml", "TextLeaf"]
+__all__ = ["SafeXml", "UnsafeXml", "TextLeaf", "xsd_bool"]
 
 
 class UnsafeXml(ValueError):
@@ -42,6 +42,16 @@ _TRUE = frozenset(("true", "1"))
 _FALSE = frozenset(("false", "0"))
 
 
+def xsd_bool(text: str | None) -> bool:
+    """An xs:boolean's value: true/1 or false/0 (surrounding blanks ignored)."""
+    text = (text or "").strip()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"not an xs:boolean: {text!r}")
+
+
 class TextLeaf(objectify.ObjectifiedDataElement):
     """A payload leaf whose text is converted only on request, by XSD lexical rules."""
 
@@ -55,12 +65,7 @@ class TextLeaf(objectify.ObjectifiedDataElement):
         return float((self.text or "").strip())
 
     def __bool__(self) -> bool:
-        text = (self.text or "").strip()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ValueError(f"not an xs:boolean: {text!r}")
+        return xsd_bool(self.text)
 
 
 class _PayloadLookup(etree.PythonElementClassLookup):

@@ -76,6 +76,7 @@ class RunningServer:
         self.process: subprocess.Popen | None = None
         self.returncode: int | None = None
         self._final_log: str | None = None
+        self.signalled = False  # a stop was asked for already: stop() only waits
 
     def start(self) -> "RunningServer":
         self._log_file = open(self.log_path, "w")
@@ -106,11 +107,13 @@ class RunningServer:
     def send_signal(self, signum: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(signum)
+            self.signalled = True
 
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.process is None:
             return -1
-        self.send_signal(signum)
+        if not self.signalled:
+            self.send_signal(signum)
         try:
             self.returncode = self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from lxml import etree
 
 from agentserver.config import ListenerConfig, OrganismConfig
+from agentserver.message_bus.codec import Codec
 from agentserver.primitives import Boot, SystemError, TodoComplete, TodoUntil
 
 __all__ = ["Listener", "PayloadType", "PayloadTypes", "Routes", "example_of", "RESPONSE_RULES"]
@@ -44,6 +45,13 @@ class PayloadType:
     root_tag: str
     schema: etree.XMLSchema
     xsd_text: str
+    codec: Codec | None = None  # fast xml_value/parse for plain classes (codec.py)
+
+    def to_element(self, payload: Any) -> etree._Element:
+        return self.codec.to_element(payload) if self.codec is not None else payload.xml_value().getroot()
+
+    def from_element(self, element: etree._Element) -> Any:
+        return self.codec.from_element(element) if self.codec is not None else self.cls.parse(element)
 
     @classmethod
     def of(cls, payload_class: type) -> "PayloadType":
@@ -53,6 +61,7 @@ class PayloadType:
             root_tag=payload_class.__name__,
             schema=etree.XMLSchema(xsd_tree),
             xsd_text=etree.tostring(xsd_tree, pretty_print=True, encoding="unicode"),
+            codec=Codec.of(payload_class),
         )
 
 

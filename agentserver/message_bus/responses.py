@@ -47,10 +47,11 @@ class Responses:
 
 def payload_element(payload: Any, ctx: PipelineContext) -> etree._Element:
     """The XML element of an @xmlify payload object. Raises WrongType."""
-    if ctx.routes.payload_types.for_class(type(payload)) is None:
+    payload_type = ctx.routes.payload_types.for_class(type(payload))
+    if payload_type is None:
         raise WrongType(f"{type(payload).__name__} is not an @xmlify dataclass")
     try:
-        return payload.xml_value().getroot()
+        return payload_type.to_element(payload)
     except Exception as exc:  # xmlable's own errors: a field holds the wrong type
         raise WrongType(f"{type(payload).__name__} cannot be written as XML: {exc}") from None
 
