@@ -26,15 +26,18 @@ __all__ = ["ExternalSender", "payload_to_element", "outbound_result"]
 _CLOSED = None  # inbox sentinel: the sender is closed
 
 
-def payload_to_element(payload: Any, xml: SafeXml) -> etree._Element:
-    """An @xmlify object, or the XML text of exactly one payload element, as an element."""
+def payload_to_element(payload: Any, xml: SafeXml, payload_types: Any = None) -> etree._Element:
+    """An @xmlify object, or the XML text of exactly one payload element, as an element.
+
+    With the pump's `payload_types`, objects are written by their class's codec."""
     if isinstance(payload, (str, bytes, bytearray)):
         elements = xml.fragment(bytes(payload) if not isinstance(payload, str) else payload)
         if len(elements) != 1:
             raise ValueError(f"expected one payload element, got {len(elements)}")
         return elements[0]
     if hasattr(payload, "xml_value"):
-        return payload.xml_value().getroot()
+        payload_type = payload_types.for_class(type(payload)) if payload_types is not None else None
+        return payload_type.to_element(payload) if payload_type is not None else payload.xml_value().getroot()
     raise TypeError(f"{type(payload).__name__} is neither an @xmlify payload nor XML text")
 
 
@@ -51,9 +54,10 @@ def outbound_result(outbound: Outbound) -> Reply:
 
 
 class ExternalSender:
-    def __init__(self, name: str, xml: SafeXml, *, inbox_size: int) -> None:
+    def __init__(self, name: str, xml: SafeXml, *, inbox_size: int, payload_types: Any = None) -> None:
         self.name = name
         self._xml = xml
+        self._payload_types = payload_types
         self._waiters: dict[str, asyncio.Future[Outbound]] = {}
         self._inbox: asyncio.Queue[Outbound | None] = asyncio.Queue(inbox_size)
         self.dropped = 0
@@ -68,7 +72,7 @@ class ExternalSender:
     def envelope(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> tuple[bytes, str]:
         """(envelope bytes, thread id) for `payload` sent by this client."""
         thread_id = thread_id or f"{self._thread_prefix}{next(self._thread_numbers):012x}"
-        element = payload_to_element(payload, self._xml)
+        element = payload_to_element(payload, self._xml, self._payload_types)
         return etree.tostring(build_envelope(element, sender=self.name, to=to, thread=thread_id)), thread_id
 
     async def send(self, payload: Any, *, to: str | None = None, thread_id: str | None = None) -> str:

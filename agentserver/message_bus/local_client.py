@@ -24,7 +24,7 @@ __all__ = ["LocalClient"]
 
 class LocalClient(ExternalSender):
     def __init__(self, pump: "StreamPump", name: str, *, inbox_size: int = 1000) -> None:
-        super().__init__(name, pump.ctx.xml, inbox_size=inbox_size)
+        super().__init__(name, pump.ctx.xml, inbox_size=inbox_size, payload_types=pump.routes.payload_types)
         self.pump = pump
 
     async def __aenter__(self) -> "LocalClient":
