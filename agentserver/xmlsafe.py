@@ -119,9 +119,17 @@ class SafeXml:
             raise UnsafeXml("malformed", f"declares encoding {declared.group(1).decode()!r}; only UTF-8 is accepted")
 
     def parse(self, raw: bytes) -> etree._Element:
-        """Strictly parse checked bytes. Raises UnsafeXml or etree.XMLSyntaxError."""
+        """Strictly parse checked bytes. Raises UnsafeXml or etree.XMLSyntaxError.
+
+        libxml2's depth limit is reported as UnsafeXml("too-large"): it is a limit, not
+        damage that repair could or should work around."""
         self.precheck(raw)
-        return etree.fromstring(raw, self.strict)
+        try:
+            return etree.fromstring(raw, self.strict)
+        except etree.XMLSyntaxError as exc:
+            if "Excessive depth" in str(exc):
+                raise UnsafeXml("too-large", f"nested too deep: {exc}") from None
+            raise
 
     def recover(self, raw: bytes) -> etree._Element | None:
         """Best-effort parse of checked bytes that failed the strict parse."""

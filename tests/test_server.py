@@ -270,3 +270,9 @@ async def test_a_client_that_disconnects_mid_frame_disturbs_nobody(server):
 async def test_a_connection_name_must_be_a_valid_name(server):
     with pytest.raises(ControlError):
         await connect(server.socket_path, name="bad name")
+
+
+async def test_too_deep_first_frame_on_an_unnamed_connection_is_too_large(server):
+    deep = b"<a>" * 10_000 + b"</a>" * 10_000
+    (answer,) = await _raw_frames(server.socket_path, deep, expect=1)
+    assert b"<huh" in answer and b'code="too-large"' in answer

@@ -447,7 +447,10 @@ class StreamPump:
         thread = state.delivery_thread or state.thread
         # an external sender is who its connection is, whatever its <from> claims
         sender = (state.origin.kind is OriginKind.EXTERNAL and state.origin.name) or state.sender or state.origin.name or ""
-        log.warning(
+        conversation = thread.conversation if thread is not None else None
+        repeat = error.code == "hops" and conversation is not None and conversation.told  # said once already
+        log.log(
+            logging.DEBUG if repeat else logging.WARNING,
             "refused code=%s step=%s from=%s to=%s thread=%s reason=%s",
             error.code, error.step, sender, getattr(state.target, "name", state.target) or state.to,
             thread.id if thread else state.thread_ref, error.reason,

@@ -34,8 +34,6 @@ def repair(state: MessageState, ctx: PipelineContext) -> MessageState:
         return state.fail(exc.code, exc.detail, "repair")
     except etree.XMLSyntaxError as exc:
         strict_error = str(exc)
-        if "Excessive depth" in strict_error:  # libxml2's depth limit is a limit, not damage to repair
-            return state.fail("too-large", f"nested too deep: {strict_error}", "repair")
     recovered = ctx.xml.recover(state.raw)
     if recovered is None or not _meta_intact(recovered, state.raw):
         return state.fail("malformed", f"not well-formed and not repairable: {strict_error}", "repair")
