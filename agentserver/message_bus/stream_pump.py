@@ -10,20 +10,23 @@
 1. `inject` (external senders) and `_push_response` (handler output, system messages)
    put units of work into the scheduler. Intake is bounded: a full intake makes
    `inject` wait. Responses never wait, so handlers cannot deadlock on their output.
-2. `_admitted` hands units to the pipeline in fair order, at most
-   `max_concurrent_pipelines` envelopes in it at once (a ticket per envelope, released
-   when every part of it has ended or is parked for a busy listener). An external
-   message keeps its place in the bounded intake until its handler starts, so a
-   backlog for a slow listener still pushes back on clients. It waits on an event; it
-   never polls.
+2. `_admitted` hands the pipeline batches of what is ready, in fair order, with at
+   most `max_concurrent_pipelines` units between admission and their handler's start
+   (a ticket per envelope, shared by its fan-out copies, given back when a copy
+   starts, is parked for a busy listener, or ends). An external message keeps its
+   place in the bounded intake until its handler starts, so a backlog for a slow
+   listener still pushes back on clients. It waits on an event; it never polls.
 3. `_pipeline` is the aiostream composition of the steps in `steps/`: repair, c14n,
    envelope validation, payload extraction (fan-out), thread assignment, XSD
-   validation, deserialization, routing (fan-out). Errors ride along in the state.
+   validation, deserialization, routing (fan-out), each applied to a whole batch.
+   Errors ride along in the state.
 4. `_dispatch` ends errored units (`_fail`), hands replies to clients, and starts
    handlers: a global slot (`max_concurrent_handlers`) and a per-listener slot; a
    listener at its cap parks the unit without holding back other listeners.
-5. `_handle` runs one handler under `handler_timeout_s` and turns its return value
-   into new units (`build_responses`) that go back to step 1.
+5. `_handle` runs one handler under `handler_timeout_s` (one shared timer:
+   `Deadlines`) and turns its return value into new units (`build_responses`) that
+   go back to step 1. Dispatch yields to the loop every millisecond so started
+   handlers run while the pipeline is busy.
 
 Every unit ends exactly once: `_settle` (handled) or `_fail` (errored, answered to
 whoever should hear about it, logged and recorded as a dead letter).
@@ -43,11 +46,12 @@ from typing import Any, AsyncIterator, Callable
 from aiostream import stream
 from lxml import etree
 
-from agentserver.config import OrganismConfig
+from agentserver.config import OrganismConfig, is_reserved
 from agentserver.envelope import NIL_THREAD, build_envelope, build_huh, load_envelope_schema
 from agentserver.message_bus.context_buffer import ContextBuffer
 from agentserver.message_bus.counters import Counters
 from agentserver.message_bus.dead_letters import DeadLetters
+from agentserver.message_bus.deadlines import Deadlines
 from agentserver.message_bus.listeners import Listener, Routes
 from agentserver.message_bus.message_state import (
     SYSTEM_ORIGIN,
@@ -58,7 +62,6 @@ from agentserver.message_bus.message_state import (
     OriginKind,
     Ticket,
 )
-from agentserver.message_bus.deadlines import Deadlines
 from agentserver.message_bus.operators import each, fan_out
 from agentserver.message_bus.pipeline_context import PipelineContext
 from agentserver.message_bus.responses import WrongType, build_responses, payload_element
@@ -403,7 +406,7 @@ class StreamPump:
 
     def attach(self, name: str, mailbox: Mailbox) -> None:
         """Register an external client: frames for `name` go to `mailbox` (returns False if full)."""
-        if name in self.routes.by_name or name in ("system", "core") or name.split(".")[0] in ("system", "core"):
+        if name in self.routes.by_name or is_reserved(name):
             raise ValueError(f"{name!r} names a listener or a reserved name; pick another client name")
         if name in self._mailboxes:
             raise ValueError(f"a client named {name!r} is already attached")
@@ -505,7 +508,7 @@ class StreamPump:
 
     def _tell_client(self, client: str, thread_id: str, code: str) -> None:
         error = system_error(code)
-        element = error.xml_value().getroot()
+        element = payload_element(error, self.ctx)
         envelope = etree.tostring(build_envelope(element, sender="system", to=client, thread=thread_id))
         if not self._to_mailbox(client, Outbound("reply", thread_id, "system", envelope, error, element)):
             self._report_undeliverable(client, thread_id, code, envelope)
