@@ -276,3 +276,43 @@ async def test_too_deep_first_frame_on_an_unnamed_connection_is_too_large(server
     deep = b"<a>" * 10_000 + b"</a>" * 10_000
     (answer,) = await _raw_frames(server.socket_path, deep, expect=1)
     assert b"<huh" in answer and b'code="too-large"' in answer
+
+
+async def test_a_fast_sender_is_slowed_by_the_server_not_reading():
+    # one slow listener, a tiny intake: the server must stop reading instead of buffering
+    listeners = """
+listeners:
+  - name: slow
+    payload_class: tests.server_organisms.Slow
+    handler: tests.server_organisms.handle_slow
+    concurrency: 1
+"""
+    running = RunningServer(config_text("limits: {intake_capacity: 5}\n", listeners=listeners)).start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(running.socket_path))
+        frames = [
+            _envelope("flood", b"<Slow><Seconds>0.05</Seconds></Slow>", to="slow", thread=f"11111111-2222-4333-8444-{i:012d}")
+            for i in range(20_000)
+        ]
+
+        async def flood() -> None:
+            for frame in frames:
+                writer.write(struct.pack(">I", len(frame)) + frame)
+                await writer.drain()  # blocks once the server stops reading
+
+        flooding = asyncio.create_task(flood())
+        await asyncio.sleep(1.0)  # let the flood hit the wall (a hang guard, not a timing assertion)
+        async with await connect(running.socket_path, name="watcher") as client:
+            status = await client.status()
+        assert not flooding.done()  # the sender is blocked, not finished
+        assert status["queued_intake"] <= 5
+        # accepted but not finished: at most the intake plus the one running handler
+        # an external message keeps its intake place until its handler starts: at most the
+        # intake (5), the running handler's message (1) and its reply on the way back (1)
+        assert status["in_flight"] <= 5 + 1 + 1
+        assert status["accepted"] < 1000  # nowhere near the 20,000 sent
+        flooding.cancel()
+        writer.close()
+    finally:
+        assert running.stop() == 0
+        running.cleanup()
