@@ -111,8 +111,6 @@ class Connection:
                     else:
                         try:
                             await self._on_frame(event.data)
-                        except PumpClosed:
-                            raise
                         except Exception:  # a bug here must not take the connection down silently
                             log.exception("connection %s (%s): frame handling failed", self.label, self.name)
                             self._refuse("overloaded", "internal error handling the frame", event.data)

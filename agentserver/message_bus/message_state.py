@@ -5,7 +5,7 @@ pipeline step fills in one more field or sets `error`. Once `error` is set, late
 steps pass the state through untouched, so the first failure is the one reported.
 
 Accounting: every state is one unit of work. It is counted `accepted` when it is
-born and ends exactly once (`handled` or `errored`), see `Outcome` in stream_pump.
+born and ends exactly once (`handled` or `errored`): `_settle` or `_fail` in stream_pump.
 A state may hold a conversation (`conversation`), an admission ticket (a place in
 the pipeline) and an intake ticket (a place in the bounded external intake, kept until
 its handler starts); `fork` makes a sibling that holds them too, so none is released
@@ -113,7 +113,7 @@ class MessageState:
     error: StepError | None = None
     # bookkeeping
     is_error_report: bool = False  # a SystemError the pump sent: failures are never answered
-    prebuilt: bool = False  # built by the pump: already a tree, skip repair
+    prebuilt: bool = False  # built by the pump: already a tree; repair, c14n and envelope checks skip it
     conversation: "Conversation | None" = None
     ticket: Ticket | None = None  # a place among the envelopes admitted to the pipeline
     intake_ticket: Ticket | None = None  # external messages: a place in the bounded intake
