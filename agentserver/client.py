@@ -30,7 +30,8 @@ from lxml import etree
 from agentserver import control
 from agentserver.envelope import MESSAGE, payload_elements, read_huh, read_meta
 from agentserver.framing import Frame, FrameDecoder, encode_frame
-from agentserver.outbound import Outbound
+from agentserver.outbound import HuhError, Outbound
+from agentserver.primitives import ERROR_CODES
 from agentserver.sender import ExternalSender
 from agentserver.xmlsafe import SafeXml, UnsafeXml
 
@@ -85,6 +86,7 @@ class Client(ExternalSender):
         self._decoder = FrameDecoder(max_frame)
         self._control: deque[asyncio.Future[control.ControlRequest]] = deque()
         self._is_closed = False
+        self._server_max_frame: int | None = None  # from the server's welcome
         self._read_task = asyncio.create_task(self._read_loop(), name=f"client-reader:{name}")
 
     async def __aenter__(self) -> "Client":
@@ -98,6 +100,8 @@ class Client(ExternalSender):
         answer = await self._request(control.hello(self.name, token))
         if answer.verb != "welcome":
             raise ControlError(answer.attrs.get("code", "refused"), answer.text)
+        limit = answer.attrs.get("max-frame", "")
+        self._server_max_frame = int(limit) if limit.isdigit() else None
 
     async def _request(self, frame: bytes) -> control.ControlRequest:
         future = asyncio.get_running_loop().create_future()
@@ -125,6 +129,10 @@ class Client(ExternalSender):
 
     # -- I/O ------------------------------------------------------------------------
     async def _transmit(self, raw: bytes, thread_id: str) -> None:
+        # the server refuses an oversize frame from its header, before it can read the
+        # thread id: say so here, on the right thread, as the in-process client would
+        if self._server_max_frame is not None and len(raw) > self._server_max_frame:
+            raise HuhError("too-large", ERROR_CODES["too-large"], thread_id)
         await self._write(raw)
 
     async def _write(self, frame: bytes) -> None:

@@ -3,7 +3,7 @@
 Control frames are elements in CONTROL_NS; they are answered by the server and never
 routed into the organism.
 
-    <ctl:hello name="me" token="..."/>    -> <ctl:welcome name="me"/> | <ctl:error code=...>
+    <ctl:hello name="me" token="..."/>    -> <ctl:welcome name="me" max-frame="N"/> | <ctl:error code=...>
     <ctl:status/>                         -> <ctl:result verb="status">{json}</ctl:result>
     <ctl:deadletters limit="20"/>         -> <ctl:result verb="deadletters">{json}</ctl:result>
 
@@ -63,8 +63,9 @@ def request(verb: str, **attrs: str) -> bytes:
     return _frame(verb, **attrs)
 
 
-def welcome(name: str) -> bytes:
-    return _frame("welcome", name=name)
+def welcome(name: str, max_frame: int) -> bytes:
+    """Accepted; frames larger than `max_frame` bytes will be refused."""
+    return _frame("welcome", **{"name": name, "max-frame": str(max_frame)})
 
 
 def error(code: str, message: str) -> bytes:

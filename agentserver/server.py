@@ -181,7 +181,7 @@ class Connection:
             if self.name is not None:
                 self._send(control.error("already-named", f"this connection is {self.name!r}"))
             elif self._take_name(name):
-                self._send(control.welcome(name))
+                self._send(control.welcome(name, self.pump.config.limits.max_message_bytes))
             else:
                 self._send(control.error("forbidden-sender", f"the name {name!r} is not available"))
             return

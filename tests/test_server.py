@@ -316,3 +316,17 @@ listeners:
     finally:
         assert running.stop() == 0
         running.cleanup()
+
+
+async def test_an_oversize_ask_over_the_socket_raises_huh_like_in_process():
+    running = RunningServer(config_text("limits: {max_message_bytes: 2048}\n")).start()
+    try:
+        async with await connect(running.socket_path, name="big") as client:
+            with pytest.raises(HuhError) as refused:
+                await client.ask(f"<Echo><Text>{'x' * 4000}</Text></Echo>", to="echo", timeout=10)
+            assert refused.value.code == "too-large"
+            reply = await client.ask("<Echo><Text>small</Text></Echo>", to="echo", timeout=10)
+            assert reply.xml == b"<Echo><Text>small</Text></Echo>"
+    finally:
+        assert running.stop() == 0
+        running.cleanup()
