@@ -246,11 +246,16 @@ async def _with_client(args: argparse.Namespace, work) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
+    from agentserver.outbound import HuhError
+
     async def work(client) -> int:
         try:
             thread_id = await client.send(_payload(args), to=args.to, thread_id=args.thread)
         except (ValueError, TypeError) as exc:
             print(f"not a payload: {exc}", file=sys.stderr)
+            return 1
+        except HuhError as exc:  # refused before sending (larger than the server takes)
+            print(f"refused ({exc.code}): {exc.message}", file=sys.stderr)
             return 1
         # the server answers refusals right away; give it a moment to say so
         try:

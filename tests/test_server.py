@@ -330,3 +330,14 @@ async def test_an_oversize_ask_over_the_socket_raises_huh_like_in_process():
     finally:
         assert running.stop() == 0
         running.cleanup()
+
+
+def test_cli_send_of_an_oversize_payload_is_refused_cleanly():
+    running = RunningServer(config_text("limits: {max_message_bytes: 2048}\n")).start()
+    try:
+        done = cli("send", "--socket", str(running.socket_path), "--to", "echo", f"<Echo><Text>{'x' * 4000}</Text></Echo>", cwd=running.workdir)
+    finally:
+        assert running.stop() == 0
+        running.cleanup()
+    assert done.returncode == 1
+    assert "refused (too-large)" in done.stderr and "Traceback" not in done.stderr
