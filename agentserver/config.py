@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,16 +18,9 @@ from typing import Any, Callable
 
 import yaml
 
-__all__ = ["ConfigError", "Limits", "ListenerConfig", "OrganismConfig", "load_config", "RESERVED_NAMES", "is_reserved"]
+from agentserver.limits import NAME_PATTERN, Limits, is_reserved
 
-RESERVED_NAMES = frozenset({"system", "core"})
-NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,199}\Z")
-
-
-def is_reserved(name: str) -> bool:
-    """`system`, `core` and everything under them (`system.boot`) belong to the pump."""
-    return name in RESERVED_NAMES or name.split(".", 1)[0] in RESERVED_NAMES
-
+__all__ = ["ConfigError", "Checker", "ListenerConfig", "OrganismConfig", "load_config"]
 
 class ConfigError(Exception):
     """One or more problems in a configuration file, each `FILE:LINE: message`."""
@@ -36,21 +28,6 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-@dataclass(slots=True)
-class Limits:
-    max_thread_hops: int = 1000
-    handler_timeout_s: float = 60.0
-    max_message_bytes: int = 1 << 20
-    intake_capacity: int = 1000  # external messages waiting for the pipeline
-    context_slots: int = 256  # history entries kept per thread
-    context_threads: int = 10_000  # threads with history kept
-    thread_idle_s: float = 3600.0  # a conversation untouched this long is forgotten
-    dead_letters: int = 1000
-    max_fanout: int = 10_000  # payloads one handler call may emit
-    client_outbox: int = 1000  # frames queued for a slow client before dropping
-    shutdown_timeout_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -85,7 +62,7 @@ _ORGANISM_KEYS = {"name", "socket", "tcp"}
 _LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency"}
 
 
-class _Checker:
+class Checker:
     """Walks the YAML node tree, converting values and collecting located problems."""
 
     def __init__(self, path: str) -> None:
@@ -179,7 +156,7 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None) -> Org
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError([f"{shown}:{line}: not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
-    check = _Checker(shown)
+    check = Checker(shown)
     if document is None:
         raise ConfigError([f"{shown}:1: the file is empty (it needs organism: and listeners:)"])
     top = check.mapping(document, "the top level", _TOP_KEYS)
@@ -237,7 +214,7 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None) -> Org
     return config
 
 
-def _load_listeners(check: _Checker, node: yaml.Node, config: OrganismConfig) -> None:
+def _load_listeners(check: Checker, node: yaml.Node, config: OrganismConfig) -> None:
     if not isinstance(node, yaml.SequenceNode):
         check.problem(node, "listeners must be a list")
         return

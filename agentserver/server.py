@@ -35,7 +35,8 @@ from pathlib import Path
 from lxml import etree
 
 from agentserver import control
-from agentserver.config import NAME_PATTERN, ConfigError, is_reserved
+from agentserver.config import ConfigError
+from agentserver.limits import NAME_PATTERN, is_reserved
 from agentserver.envelope import FROM, MESSAGE, META, build_huh
 from agentserver.framing import FrameDecoder, Oversize, encode_frame
 from agentserver.message_bus.bootstrap import bootstrap

@@ -12,7 +12,7 @@ from typing import Callable
 
 from lxml import etree
 
-from agentserver.config import Limits
+from agentserver.limits import Limits
 from agentserver.message_bus.listeners import Routes
 from agentserver.message_bus.thread_registry import ThreadRegistry
 from agentserver.xmlsafe import SafeXml

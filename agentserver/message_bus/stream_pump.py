@@ -46,7 +46,8 @@ from typing import Any, AsyncIterator, Callable
 from aiostream import stream
 from lxml import etree
 
-from agentserver.config import OrganismConfig, is_reserved
+from agentserver.config import OrganismConfig
+from agentserver.limits import is_reserved
 from agentserver.envelope import NIL_THREAD, build_envelope, build_huh, load_envelope_schema
 from agentserver.message_bus.context_buffer import ContextBuffer
 from agentserver.message_bus.counters import Counters

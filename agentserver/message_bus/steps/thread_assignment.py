@@ -11,7 +11,7 @@ messages (`hops`).
 
 from __future__ import annotations
 
-from agentserver.config import is_reserved
+from agentserver.limits import is_reserved
 from agentserver.message_bus.message_state import MessageState, OriginKind
 from agentserver.message_bus.pipeline_context import PipelineContext
 
