@@ -144,23 +144,21 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- server side -------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from agentserver.server import run_server
+    from agentserver.startup import prepare_process, serve
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    return asyncio.run(run_server(args.config, socket_path=args.socket, tcp=args.tcp))
+    prepare_process()
+    return asyncio.run(serve(args.config, socket_path=args.socket, tcp=args.tcp))
 
 
 def _load(config_path: str):
-    from dotenv import load_dotenv
-
     from agentserver.config import ConfigError
-    from agentserver.message_bus.stream_pump import StreamPump
+    from agentserver.message_bus.bootstrap import bootstrap
+    from agentserver.startup import prepare_process
 
-    load_dotenv(os.path.join(os.getcwd(), ".env"), override=False)
+    prepare_process()
     try:
-        from agentserver.config import load_config
-
-        return StreamPump(load_config(config_path))
+        return bootstrap(config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -30,8 +30,8 @@ from lxml import etree
 from agentserver import control
 from agentserver.envelope import MESSAGE, payload_elements, read_huh, read_meta
 from agentserver.framing import Frame, FrameDecoder, encode_frame
-from agentserver.outbound import HuhError, Outbound
-from agentserver.primitives import ERROR_CODES
+from agentserver.outbound import HuhError, Outbound, OutboundKind
+from agentserver.codes import canned
 from agentserver.sender import ExternalSender
 from agentserver.xmlsafe import SafeXml, UnsafeXml
 
@@ -132,7 +132,7 @@ class Client(ExternalSender):
         # the server refuses an oversize frame from its header, before it can read the
         # thread id: say so here, on the right thread, as the in-process client would
         if self._server_max_frame is not None and len(raw) > self._server_max_frame:
-            raise HuhError("too-large", ERROR_CODES["too-large"], thread_id)
+            raise HuhError("too-large", canned("too-large"), thread_id)
         await self._write(raw)
 
     async def _write(self, frame: bytes) -> None:
@@ -194,6 +194,6 @@ def _outbound(root: etree._Element, data: bytes) -> Outbound:
     if payload is not None:
         huh = read_huh(payload)
         if huh is not None:
-            return Outbound("huh", meta.thread, meta.sender, data, code=huh[0], message=huh[1])
+            return Outbound(OutboundKind.HUH, meta.thread, meta.sender, data, code=huh[0], message=huh[1])
     xml = etree.tostring(payload, method="c14n", exclusive=True) if payload is not None else b""
-    return Outbound("reply", meta.thread, meta.sender, data, payload, xml)
+    return Outbound(OutboundKind.REPLY, meta.thread, meta.sender, data, payload, xml)

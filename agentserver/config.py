@@ -11,10 +11,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -54,6 +53,7 @@ class OrganismConfig:
     limits: Limits = field(default_factory=Limits)
     listeners: list[ListenerConfig] = field(default_factory=list)
     path: str = "<memory>"
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # the environment it was loaded with (.env included)
 
 
 _TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
@@ -99,13 +99,13 @@ class Checker:
         if not isinstance(node, yaml.ScalarNode):
             self.problem(node, f"{what} must be a {kind.__name__}")
             return None
-        value = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
+        value: Any = yaml.safe_load(yaml.serialize(node)) if node.tag != "tag:yaml.org,2002:str" else node.value
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             self.problem(node, f"{what} must be a {kind.__name__}, not {node.value!r}")
             return None
-        if positive and value <= 0:
+        if positive and isinstance(value, (int, float)) and value <= 0:
             self.problem(node, f"{what} must be greater than 0, not {value}")
             return None
         return value
@@ -139,17 +139,17 @@ class Checker:
             return None
 
 
-def load_config(path: str | os.PathLike[str], *, text: str | None = None) -> OrganismConfig:
-    """Read and check a configuration. Raises ConfigError listing every problem."""
+def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: Mapping[str, str] | None = None) -> OrganismConfig:
+    """Read and check a configuration. Raises ConfigError listing every problem.
+
+    Import paths resolve against `sys.path` as it is; `env` (default: `os.environ`) is
+    the environment secrets are read from."""
     shown = str(path)
     if text is None:
         try:
             text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError([f"{shown}:1: cannot read the file: {exc.strerror or exc}"]) from None
-    cwd = os.getcwd()
-    if cwd not in sys.path:  # import paths resolve with the working directory on sys.path
-        sys.path.insert(0, cwd)
     try:
         document = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -160,7 +160,7 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None) -> Org
     if document is None:
         raise ConfigError([f"{shown}:1: the file is empty (it needs organism: and listeners:)"])
     top = check.mapping(document, "the top level", _TOP_KEYS)
-    config = OrganismConfig(name="", path=shown)
+    config = OrganismConfig(name="", path=shown, env=dict(os.environ if env is None else env))
 
     if "organism" not in top:
         check.problem(document, "missing 'organism:' section (with at least a name)")

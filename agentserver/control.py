@@ -42,10 +42,10 @@ def read_control(root: etree._Element) -> ControlRequest | None:
     tag = root.tag
     if not isinstance(tag, str) or not tag.startswith(_C):
         return None
-    return ControlRequest(tag[len(_C):], dict(root.attrib), root.text or "")
+    return ControlRequest(tag[len(_C):], {str(k): str(v) for k, v in root.attrib.items()}, root.text or "")
 
 
-def _frame(local_name: str, text: str | None = None, **attrs: str) -> bytes:
+def _frame(local_name: str, text: str | None = None, **attrs: str | None) -> bytes:
     element = etree.Element(_C + local_name, nsmap=_NSMAP)
     for key, value in attrs.items():
         if value is not None:

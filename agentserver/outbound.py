@@ -7,11 +7,20 @@ pump: a reply addressed to the client, or a `<huh>` about one of its own message
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any, Callable
 
 from lxml import etree
 
-__all__ = ["Outbound", "Reply", "AskError", "HuhError", "RemoteError", "AskTimeout"]
+__all__ = ["Outbound", "OutboundKind", "Reply", "AskError", "HuhError", "RemoteError", "AskTimeout"]
+
+
+class OutboundKind(str, Enum):
+    REPLY = "reply"  # a payload addressed to the client (an answer, or a SystemError)
+    HUH = "huh"  # the server refused one of the client's own messages
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class Outbound:
@@ -22,7 +31,7 @@ class Outbound:
 
     def __init__(
         self,
-        kind: str,  # "reply" or "huh"
+        kind: OutboundKind,
         thread_id: str,  # the thread id the client used
         sender: str,  # the listener that answered, or "system"
         envelope: bytes | Callable[[], bytes],  # the whole frame, or how to make it

@@ -25,27 +25,26 @@ import contextlib
 import hmac
 import logging
 import os
-import signal
+import shutil
 import socket
 import stat
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 from lxml import etree
 
 from agentserver import control
-from agentserver.config import ConfigError
 from agentserver.limits import NAME_PATTERN, is_reserved
 from agentserver.envelope import FROM, MESSAGE, META, build_huh
 from agentserver.framing import FrameDecoder, Oversize, encode_frame
-from agentserver.message_bus.bootstrap import bootstrap
+from agentserver.message_bus.mailboxes import Session
 from agentserver.message_bus.stream_pump import PumpClosed, ShutdownReport, StreamPump
 from agentserver.outbound import Outbound
-from agentserver.primitives import ERROR_CODES
+from agentserver.codes import canned
 from agentserver.xmlsafe import UnsafeXml
 
-__all__ = ["Server", "ServerError", "run_server", "prepare_socket_path"]
+__all__ = ["Server", "ServerError", "prepare_socket_path", "bind_private_unix_socket"]
 
 log = logging.getLogger("agentserver.server")
 
@@ -81,6 +80,26 @@ def prepare_socket_path(path: Path) -> None:
     raise ServerError(f"another server is answering on {path}; stop it first, or pass --socket PATH")
 
 
+def bind_private_unix_socket(path: Path) -> socket.socket:
+    """A Unix socket bound at `path` that only this user can connect to (mode 0600).
+
+    Made without touching the process umask: it is bound in a fresh private directory
+    (mode 0700, so nobody can connect before the chmod), then renamed into place."""
+    private = Path(tempfile.mkdtemp(prefix=".as-", dir=path.parent))
+    staged = private / "s"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(staged))
+        os.chmod(staged, 0o600)
+        os.rename(staged, path)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return sock
+
+
 class Connection:
     def __init__(self, server: "Server", reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, needs_token: bool) -> None:
         self.server = server
@@ -90,6 +109,7 @@ class Connection:
         self.needs_token = needs_token
         self.authenticated = not needs_token
         self.name: str | None = None
+        self.session: Session | None = None
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue(server.outbox_size)
         self.dropped = 0
         self._writer_task: asyncio.Task | None = None
@@ -138,7 +158,7 @@ class Connection:
         if self.name is None and not self._identify(data):
             return
         try:
-            await self.pump.inject(data, thread_id=None, from_id=self.name)
+            await self.pump.inject(data, session=self.session)
         except PumpClosed:
             self._refuse("shutdown", "server is shutting down", data)
 
@@ -163,7 +183,7 @@ class Connection:
         if problem is not None:
             self._refuse("forbidden-sender", f"connection may not be named {name!r}: {problem}", data)
             return False
-        self.pump.attach(name, self._mailbox)
+        self.session = self.pump.attach(name, self._mailbox)
         self.name = name
         log.info("connection %s is %r", self.label, name)
         return True
@@ -223,7 +243,7 @@ class Connection:
         self.server.frames_refused += 1
         self.pump.dead_letters.record(time=time.time(), code=code, reason=reason, step="server",
                                       sender=self.name or self.label, thread="", raw=data)
-        self._send(build_huh(to=self.name or "client", thread=None, code=code, message=ERROR_CODES.get(code, "Error.")))
+        self._send(build_huh(to=self.name or "client", thread=None, code=code, message=canned(code)))
 
     async def _write_loop(self) -> None:
         while True:
@@ -242,8 +262,9 @@ class Connection:
         joined.cancel()
 
     async def close(self, *, flush: bool) -> None:
-        if self.name is not None:
-            self.pump.detach(self.name)
+        if self.session is not None:
+            self.pump.detach(self.session)
+            self.session = None
             self.name = None
         self._closing = True
         if flush:
@@ -289,12 +310,7 @@ class Server:
         if self.tcp and not self.token:
             raise ServerError("tcp is configured but AGENTSERVER_TOKEN is not set (put it in the environment or .env)")
         prepare_socket_path(self.socket_path)
-        old_umask = os.umask(0o177)  # the socket file is born 0600
-        try:
-            unix = await asyncio.start_unix_server(self._on_unix, path=str(self.socket_path))
-        finally:
-            os.umask(old_umask)
-        os.chmod(self.socket_path, 0o600)
+        unix = await asyncio.start_unix_server(self._on_unix, sock=bind_private_unix_socket(self.socket_path))
         self._socket_inode = self.socket_path.stat().st_ino
         self._servers.append(unix)
         where = [f"unix:{self.socket_path}"]
@@ -318,6 +334,7 @@ class Server:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, needs_token: bool) -> None:
         task = asyncio.current_task()
+        assert task is not None
         self._handlers.add(task)
         connection = Connection(self, reader, writer, needs_token=needs_token)
         self._connections.add(connection)
@@ -373,51 +390,3 @@ class Server:
                 self.socket_path.unlink()
         except FileNotFoundError:
             pass
-
-
-async def run_server(config_path: str, *, socket_path: str | None = None, tcp: str | None = None) -> int:
-    """`python -m agentserver run`: boot, listen, serve until SIGINT/SIGTERM, drain, exit."""
-    try:
-        pump = bootstrap(config_path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    config = pump.config
-    tcp = tcp or config.tcp
-    server = Server(pump, socket_path=socket_path or config.socket, tcp=tcp, token=os.environ.get("AGENTSERVER_TOKEN"))
-    try:
-        where = await server.start()
-    except ServerError as exc:
-        log.error("cannot start: %s", exc)
-        return 1
-    names = ", ".join(name for name in sorted(pump.routes.by_name) if not is_reserved(name))
-    log.info("organism %s listening on %s (listeners: %s)", config.name, " and ".join(where), names)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    pump_task = asyncio.create_task(pump.run(), name="pump")
-    stopper = asyncio.create_task(stop.wait(), name="stop-signal")
-    try:
-        await asyncio.wait({pump_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if pump_task.done() and not stop.is_set():
-            exc = pump_task.exception()
-            log.error("the pump stopped unexpectedly: %r", exc)
-        log.info("stopping: draining in-flight work (deadline %ss)", config.limits.shutdown_timeout_s)
-        report = await server.stop()
-    finally:
-        stopper.cancel()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
-            signal.signal(signum, signal.SIG_IGN)  # already stopping: a repeated signal must not kill the exit
-        if not pump_task.done():
-            pump_task.cancel()
-        with contextlib.suppress(BaseException):
-            await pump_task
-    counters = pump.counters
-    log.info(
-        "stopped: accepted=%d handled=%d errored=%d dropped=%d client_frames_dropped=%d",
-        counters.accepted, counters.handled, counters.errored_total, report.dropped, server.frames_dropped,
-    )
-    return 0

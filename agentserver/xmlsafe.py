@@ -20,18 +20,26 @@ when the dataclass field asks for a type.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from lxml import etree, objectify
 
+from agentserver.codes import ErrorCode
 from agentserver.envelope import ENVELOPE_NS
 
-__all__ = ["SafeXml", "UnsafeXml", "TextLeaf", "xsd_bool"]
+__all__ = ["SafeXml", "UnsafeXml", "TextLeaf", "xsd_bool", "schema_error"]
+
+
+def schema_error(schema: etree.XMLSchema) -> str:
+    """The validator's last message (for logs and dead letters, never for senders)."""
+    error: Any = schema.error_log.last_error  # type: ignore[attr-defined]  # lxml-stubs lack it
+    return error.message if error is not None else "invalid"
 
 
 class UnsafeXml(ValueError):
     """The bytes were refused before or during parsing. `code` is a short canned reason."""
 
-    def __init__(self, code: str, detail: str) -> None:
+    def __init__(self, code: ErrorCode, detail: str) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
@@ -84,7 +92,15 @@ class SafeXml:
 
     def __init__(self, max_bytes: int = 1 << 20) -> None:
         self.max_bytes = max_bytes
-        options = dict(
+        self.strict = self._parser(recover=False)
+        self.recovering = self._parser(recover=True)
+        for parser in (self.strict, self.recovering):
+            parser.set_element_class_lookup(_class_lookup())
+
+    @staticmethod
+    def _parser(*, recover: bool) -> etree.XMLParser:
+        return etree.XMLParser(
+            recover=recover,
             resolve_entities=False,
             no_network=True,
             load_dtd=False,
@@ -95,40 +111,36 @@ class SafeXml:
             collect_ids=False,
             encoding="utf-8",  # never the encoding a document declares (UTF-7 would hide a DTD)
         )
-        self.strict = etree.XMLParser(**options)
-        self.recovering = etree.XMLParser(recover=True, **options)
-        for parser in (self.strict, self.recovering):
-            parser.set_element_class_lookup(_class_lookup())
 
     def precheck(self, raw: bytes) -> None:
         """Refuse what must never reach libxml2. Raises UnsafeXml."""
         if len(raw) > self.max_bytes:
-            raise UnsafeXml("too-large", f"{len(raw)} bytes, limit {self.max_bytes}")
+            raise UnsafeXml(ErrorCode.TOO_LARGE, f"{len(raw)} bytes, limit {self.max_bytes}")
         if not raw.strip():
-            raise UnsafeXml("malformed", "empty message")
+            raise UnsafeXml(ErrorCode.MALFORMED, "empty message")
         if b"\x00" in raw:
-            raise UnsafeXml("malformed", "NUL byte in message")
+            raise UnsafeXml(ErrorCode.MALFORMED, "NUL byte in message")
         if b"<!DOCTYPE" in raw or b"<!ENTITY" in raw:
-            raise UnsafeXml("forbidden-dtd", "DTDs and entity declarations are not accepted")
+            raise UnsafeXml(ErrorCode.FORBIDDEN_DTD, "DTDs and entity declarations are not accepted")
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise UnsafeXml("malformed", f"not UTF-8: {exc}") from None
+            raise UnsafeXml(ErrorCode.MALFORMED, f"not UTF-8: {exc}") from None
         declared = _DECLARED_ENCODING.match(raw)
         if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
-            raise UnsafeXml("malformed", f"declares encoding {declared.group(1).decode()!r}; only UTF-8 is accepted")
+            raise UnsafeXml(ErrorCode.MALFORMED, f"declares encoding {declared.group(1).decode()!r}; only UTF-8 is accepted")
 
     def parse(self, raw: bytes) -> etree._Element:
         """Strictly parse checked bytes. Raises UnsafeXml or etree.XMLSyntaxError.
 
-        libxml2's depth limit is reported as UnsafeXml("too-large"): it is a limit, not
+        libxml2's depth limit is reported as UnsafeXml(ErrorCode.TOO_LARGE): it is a limit, not
         damage that repair could or should work around."""
         self.precheck(raw)
         try:
             return etree.fromstring(raw, self.strict)
         except etree.XMLSyntaxError as exc:
             if "Excessive depth" in str(exc):
-                raise UnsafeXml("too-large", f"nested too deep: {exc}") from None
+                raise UnsafeXml(ErrorCode.TOO_LARGE, f"nested too deep: {exc}") from None
             raise
 
     def recover(self, raw: bytes) -> etree._Element | None:
@@ -150,12 +162,12 @@ class SafeXml:
         wrapper = etree.fromstring(b"<fragment>" + raw + b"</fragment>", self.strict)
         elements = [child for child in wrapper.iterchildren() if isinstance(child.tag, str)]
         if any((child.text or "").strip() or (child.tail or "").strip() for child in [wrapper]):
-            raise UnsafeXml("malformed", "text outside payload elements")
+            raise UnsafeXml(ErrorCode.MALFORMED, "text outside payload elements")
         if not elements:
-            raise UnsafeXml("malformed", "no payload element")
+            raise UnsafeXml(ErrorCode.MALFORMED, "no payload element")
         for element in elements:
             if (element.tail or "").strip():
-                raise UnsafeXml("malformed", "text outside payload elements")
+                raise UnsafeXml(ErrorCode.MALFORMED, "text outside payload elements")
         return elements
 
     def makeelement(self, tag: str, nsmap: dict | None = None) -> etree._Element:

@@ -177,15 +177,9 @@ def make_pump(**options: Any) -> StreamPump:
 
 @contextlib.asynccontextmanager
 async def running_pump(**options: Any):
-    pump = make_pump(**options)
-    task = asyncio.create_task(pump.run(), name="bench-pump")
-    try:
+    async with make_pump(**options) as pump:
         await pump.idle()  # the Boot message has gone through
         yield pump
-    finally:
-        await pump.shutdown(timeout=10)
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 10)
 
 
 async def drain(pump: StreamPump) -> None:
@@ -438,8 +432,8 @@ async def measure_memory(counts: Counts) -> dict[str, Any]:
         seconds = time.perf_counter() - start
         gc.collect()
         after = vmrss_kib()
-        state = {"threads": len(pump.threads), "conversations": pump.threads.conversations,
-                 "context_threads": len(pump.context), "todos": len(pump.todos)}
+        state = {"threads": len(pump.stores.threads), "conversations": pump.stores.threads.conversations,
+                 "context_threads": len(pump.stores.history), "todos": len(pump.stores.todos)}
     growth = None if before is None or after is None else (after - before) / 1024
     return {"messages": len(raws) * per, "conversations": len(raws), "warmup_messages": len(warm) * per,
             "in_flight_conversations": counts.memory_batch, "rss_before_mib": before / 1024 if before else None,

@@ -9,6 +9,7 @@ fixture shuts down) nothing left for the shutdown to drop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -25,22 +26,22 @@ def probe():
 
 @pytest.fixture
 async def start():
-    started = []
+    """Start pumps (`async with`, as users do); at the end, shut down those the test did
+    not and check every pump's books."""
+    async with contextlib.AsyncExitStack() as stack:
+        started = []
 
-    async def _start(text: str, path: str = "test-organism.yaml"):
-        pump = make_pump(text, path)
-        task = asyncio.create_task(pump.run(), name=f"pump:{len(started)}")
-        started.append((pump, task))
-        return pump
+        async def _start(text: str, path: str = "test-organism.yaml"):
+            pump = make_pump(text, path)
+            await stack.enter_async_context(pump)
+            started.append(pump)
+            return pump
 
-    yield _start
+        yield _start
 
-    for pump, task in started:
-        if not task.done() and not pump._closing:
-            report = await pump.shutdown(HANG_GUARD)
-            await asyncio.wait_for(task, HANG_GUARD)
-            assert report.clean, f"still in flight at the end of the test: {pump.status()}"
-            assert report.dropped == 0, report
-        elif not task.done():
-            await asyncio.wait_for(task, HANG_GUARD)
-        assert_counters(pump)
+        for pump in started:
+            if not pump.closed:
+                report = await asyncio.wait_for(pump.shutdown(HANG_GUARD), 2 * HANG_GUARD)
+                assert report.clean, f"still in flight at the end of the test: {pump.status()}"
+                assert report.dropped == 0, report
+            assert_counters(pump)

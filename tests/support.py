@@ -12,20 +12,8 @@ import yaml
 from agentserver import StreamPump, load_config
 from agentserver.envelope import ENVELOPE_NS
 from agentserver.message_bus.message_state import MessageState, Origin
-from agentserver.message_bus.steps import (
-    assign_thread,
-    canonicalize,
-    deserialize,
-    extract_payloads,
-    repair,
-    route,
-    validate_envelope,
-    validate_payload,
-)
 
 HANG_GUARD = 30.0  # seconds; only ever a guard against hangs, never a measurement
-
-STEPS = [repair, canonicalize, validate_envelope, extract_payloads, assign_thread, validate_payload, deserialize, route]
 
 
 def listener(name: str, payload_class: str, handler: str, **extra: Any) -> dict:
@@ -68,18 +56,10 @@ def envelope(payload: str, *, sender: str = "tester", to: str | None = None, thr
     ).encode()
 
 
-def run_steps(ctx, raw: bytes, *, origin: Origin | None = None, upto=route, state: MessageState | None = None) -> list[MessageState]:
-    """Feed bytes through the pipeline steps in order, up to and including `upto`."""
+def run_steps(pump: StreamPump, raw: bytes, *, origin: Origin | None = None, upto=None, state: MessageState | None = None) -> list[MessageState]:
+    """Feed bytes through the pump's own pipeline, up to and including the step `upto` (all by default)."""
     states = [state or MessageState(raw=raw, origin=origin or Origin.external("tester"))]
-    for step in STEPS:
-        produced: list[MessageState] = []
-        for each in states:
-            out = step(each, ctx)
-            produced.extend(out if isinstance(out, list) else [out])
-        states = produced
-        if step is upto:
-            break
-    return states
+    return pump.pipeline.feed(states, upto=upto)
 
 
 async def settle(pump: StreamPump, timeout: float = HANG_GUARD) -> None:
@@ -95,6 +75,7 @@ def assert_counters(pump: StreamPump) -> None:
     assert counters.accepted == counters.handled + counters.errored_total + counters.in_flight, status
     assert counters.errored_total == sum(counters.errored.values()), status
     assert status["in_flight"] == 0 and status["queued"] == 0 and status["queued_intake"] == 0, status
+    assert status["parked"] == 0, status
     for name, stats in counters.listeners.items():
         assert stats.running == 0 and stats.waiting == 0, (name, stats)
         assert stats.delivered == stats.handled + stats.errored, (name, stats)

@@ -25,9 +25,9 @@ RESPELLED = (
 
 
 def test_two_spellings_of_one_message_have_the_same_canonical_bytes():
-    ctx = pump_for(ECHO).ctx
-    (a,) = run_steps(ctx, PREFIXED, upto=canonicalize)
-    (b,) = run_steps(ctx, RESPELLED, upto=canonicalize)
+    pump = pump_for(ECHO)
+    (a,) = run_steps(pump, PREFIXED, upto=canonicalize)
+    (b,) = run_steps(pump, RESPELLED, upto=canonicalize)
     assert a.error is None and b.error is None
     assert a.canonical == b.canonical
     assert b"urn:x" not in b.canonical and b"comment" not in b.canonical
@@ -37,9 +37,9 @@ def test_two_spellings_of_one_message_have_the_same_canonical_bytes():
 
 
 def test_a_relative_namespace_uri_cannot_be_canonicalized():
-    ctx = pump_for(ECHO).ctx
+    pump = pump_for(ECHO)
     raw = PREFIXED.replace(b"<Text>", b'<Text xmlns:r="relative/uri"><r:x/>', 1)
-    (state,) = run_steps(ctx, raw, upto=canonicalize)
+    (state,) = run_steps(pump, raw, upto=canonicalize)
     assert state.error is not None and (state.error.code, state.error.step) == ("malformed", "c14n")
 
 

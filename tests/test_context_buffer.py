@@ -48,7 +48,7 @@ async def test_handlers_see_their_threads_history_each_message_once(start):
     ]
     c_call = PROBE.seen[2]
     assert [(e.sender, e.to) for e in c_call.meta.history] == [("chain_b", "chain_c")]
-    assert len(pump.context) == 0  # forgotten with the conversation
+    assert len(pump.stores.history) == 0  # forgotten with the conversation
 
 
 async def test_a_broadcast_is_recorded_once_per_delivery_thread(start):

@@ -15,9 +15,9 @@ TEXTS = ["007", "true", "false", "1", "0", "1.50", "1e3", "NaN", "None", "  padd
 
 @pytest.mark.parametrize("text", TEXTS)
 def test_a_str_field_keeps_its_text_exactly(text):
-    ctx = pump_for(TYPED).ctx
+    pump = pump_for(TYPED)
     raw = envelope(f"<Typed><Text>{text}</Text><Flag>1</Flag><Number>+42</Number></Typed>", to="typed")
-    (state,) = run_steps(ctx, raw, upto=deserialize)
+    (state,) = run_steps(pump, raw, upto=deserialize)
     assert state.error is None
     expected = text.replace("&amp;", "&")
     assert state.payload == Typed(text=expected, flag=True, number=42)
@@ -26,15 +26,15 @@ def test_a_str_field_keeps_its_text_exactly(text):
 
 @pytest.mark.parametrize(("lexical", "value"), [("true", True), ("1", True), ("false", False), ("0", False)])
 def test_booleans_follow_xsd_lexical_rules(lexical, value):
-    ctx = pump_for(TYPED).ctx
+    pump = pump_for(TYPED)
     raw = envelope(f"<Typed><Text>t</Text><Flag>{lexical}</Flag><Number>0</Number></Typed>", to="typed")
-    (state,) = run_steps(ctx, raw, upto=deserialize)
+    (state,) = run_steps(pump, raw, upto=deserialize)
     assert state.payload.flag is value
 
 
 def test_valid_xml_the_class_refuses_cannot_be_deserialized():
-    ctx = pump_for(STRICT).ctx
-    (state,) = run_steps(ctx, envelope("<Strict><Count>-1</Count></Strict>", to="strict"), upto=deserialize)
+    pump = pump_for(STRICT)
+    (state,) = run_steps(pump, envelope("<Strict><Count>-1</Count></Strict>", to="strict"), upto=deserialize)
     assert state.error is not None
     assert (state.error.code, state.error.step) == ("unreadable-payload", "deserialize")
     assert "must not be negative" in state.error.reason

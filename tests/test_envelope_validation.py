@@ -4,7 +4,7 @@ import pytest
 
 from agentserver.envelope import ENVELOPE_NS
 from agentserver.message_bus.steps import validate_envelope
-from agentserver.primitives import ERROR_CODES
+from agentserver.codes import CANNED
 from tests.organisms import PROBE
 from tests.support import envelope, exchange, listener, new_thread, organism, pump_for, run_steps
 
@@ -29,23 +29,23 @@ BAD_ENVELOPES = {
 
 
 def test_a_valid_envelope_yields_its_routing_fields():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, envelope("<Echo><Text>x</Text></Echo>", to="echo", thread=T), upto=validate_envelope)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, envelope("<Echo><Text>x</Text></Echo>", to="echo", thread=T), upto=validate_envelope)
     assert state.error is None
     assert (state.sender, state.to, state.thread_ref) == ("tester", "echo", T)
 
 
 def test_default_namespace_envelope_with_an_explicit_empty_payload_namespace_is_valid():
-    ctx = pump_for(ECHO).ctx
+    pump = pump_for(ECHO)
     raw = f'<message xmlns="{NS}"><meta><from>tester</from><thread>{T}</thread></meta><Echo xmlns=""><Text>x</Text></Echo></message>'
-    (state,) = run_steps(ctx, raw.encode(), upto=validate_envelope)
+    (state,) = run_steps(pump, raw.encode(), upto=validate_envelope)
     assert state.error is None and (state.sender, state.to) == ("tester", None)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_ENVELOPES))
 def test_an_invalid_envelope_is_refused(case):
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, BAD_ENVELOPES[case].encode(), upto=validate_envelope)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, BAD_ENVELOPES[case].encode(), upto=validate_envelope)
     assert state.error is not None
     assert (state.error.code, state.error.step) == ("invalid-envelope", "envelope")
 
@@ -57,7 +57,7 @@ async def test_pump_answers_every_bad_envelope_with_a_short_huh_and_carries_on(s
             frame = await exchange(pump, client, BAD_ENVELOPES[case].encode())
             assert (frame.kind, frame.code) == ("huh", "invalid-envelope"), case
             # canned text only: no validator dump reaches the sender
-            assert frame.message == ERROR_CODES["invalid-envelope"]
+            assert frame.message == CANNED["invalid-envelope"]
             assert b"Element" not in frame.envelope
         frame = await exchange(pump, client, envelope("<Echo><Text>fine</Text></Echo>", to="echo"))
     assert frame.kind == "reply" and frame.payload.text == "fine"

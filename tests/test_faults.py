@@ -139,7 +139,7 @@ async def test_listeners_playing_ping_pong_forever_are_stopped_by_max_thread_hop
     played = pump.counters.listener("ping").handled + pump.counters.listener("pong").handled
     assert 0 < played <= 40
     assert pump.counters.errored["hops"] == 1
-    assert pump.threads.conversations == 0  # the ended conversation was forgotten
+    assert pump.stores.threads.conversations == 0  # the ended conversation was forgotten
     await client.still_serving()
 
 

@@ -1,6 +1,5 @@
 """The hello-world organism in config/organism.yaml, as shipped."""
 
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -13,13 +12,11 @@ CONFIG = Path(__file__).resolve().parent.parent / "config" / "organism.yaml"
 
 
 async def test_the_hello_organism_answers_an_in_process_ask():
-    pump = bootstrap(CONFIG)
-    task = asyncio.create_task(pump.run())
-    async with pump.client("tester") as client:
-        reply = await client.ask(Greeting(name="Ada"), to="greeter", timeout=HANG_GUARD)
-        as_text = await client.ask("<Greeting><Name>Bob</Name></Greeting>", to="greeter", timeout=HANG_GUARD)
-    report = await pump.shutdown(HANG_GUARD)
-    await task
+    async with bootstrap(CONFIG) as pump:
+        async with pump.client("tester") as client:
+            reply = await client.ask(Greeting(name="Ada"), to="greeter", timeout=HANG_GUARD)
+            as_text = await client.ask("<Greeting><Name>Bob</Name></Greeting>", to="greeter", timeout=HANG_GUARD)
+        report = await pump.shutdown(HANG_GUARD)
     assert reply.payload == GreetingReply(text="HELLO, ADA!")
     assert reply.sender == "greeter" and reply.xml == b"<GreetingReply><Text>HELLO, ADA!</Text></GreetingReply>"
     assert as_text.payload.text == "HELLO, BOB!"
@@ -28,16 +25,30 @@ async def test_the_hello_organism_answers_an_in_process_ask():
     assert_counters(pump)
 
 
-def test_bootstrap_loads_dot_env_from_the_working_directory_first(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "path", list(sys.path))
+def test_bootstrap_reads_dot_env_into_the_config_and_changes_nothing_process_wide(tmp_path, monkeypatch):
     monkeypatch.delenv("AGENTSERVER_TEST_SETTING", raising=False)
     monkeypatch.setenv("AGENTSERVER_TEST_KEPT", "from the environment")
     (tmp_path / ".env").write_text("AGENTSERVER_TEST_SETTING=from-dotenv\nAGENTSERVER_TEST_KEPT=from-dotenv\n")
     monkeypatch.chdir(tmp_path)
+    path_before = list(sys.path)
+    pump = bootstrap(CONFIG)
+    assert pump.config.env["AGENTSERVER_TEST_SETTING"] == "from-dotenv"
+    assert pump.config.env["AGENTSERVER_TEST_KEPT"] == "from the environment"  # never overridden
+    assert "AGENTSERVER_TEST_SETTING" not in os.environ and sys.path == path_before
+    assert sorted(pump.routes.by_name) == ["greeter", "shouter", "system.boot"]
+
+
+def test_the_cli_entry_point_loads_dot_env_into_the_process(tmp_path, monkeypatch):
+    from agentserver.startup import prepare_process
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.delenv("AGENTSERVER_TEST_SETTING", raising=False)
+    monkeypatch.setenv("AGENTSERVER_TEST_KEPT", "from the environment")
+    (tmp_path / ".env").write_text("AGENTSERVER_TEST_SETTING=from-dotenv\nAGENTSERVER_TEST_KEPT=from-dotenv\n")
     try:
-        pump = bootstrap(CONFIG)
+        prepare_process(tmp_path)
         assert os.environ["AGENTSERVER_TEST_SETTING"] == "from-dotenv"
         assert os.environ["AGENTSERVER_TEST_KEPT"] == "from the environment"  # never overridden
-        assert sorted(pump.routes.by_name) == ["greeter", "shouter", "system.boot"]
+        assert sys.path[0] == str(tmp_path)
     finally:
         os.environ.pop("AGENTSERVER_TEST_SETTING", None)

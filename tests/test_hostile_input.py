@@ -22,7 +22,7 @@ import pytest
 
 from agentserver.client import ControlError, connect
 from agentserver.framing import Frame, FrameDecoder
-from agentserver.primitives import ERROR_CODES
+from agentserver.codes import CANNED
 from tests.hostile_corpus import CASES, Target, envelope
 from tests.server_harness import RunningServer, cli, config_text
 
@@ -89,7 +89,7 @@ def test_hostile_frame_gets_a_huh_and_the_server_keeps_serving(server, secret, c
 
     frame = asyncio.run(scenario())
     assert (frame.kind, frame.code) == ("huh", case.code), (case.why, frame)
-    assert frame.message == ERROR_CODES[case.code]  # canned text only: no validator dump, no topology
+    assert frame.message == CANNED[case.code]  # canned text only: no validator dump, no topology
     assert frame.sender == "system"
     assert secret[1].encode() not in frame.envelope
 

@@ -11,27 +11,27 @@ RELAY = listener("relay", "Order", "relay")
 
 
 def test_one_payload_gives_one_state():
-    ctx = pump_for(COLLECTOR).ctx
-    (state,) = run_steps(ctx, envelope("<Item><N>7</N></Item>"), upto=extract_payloads)
+    pump = pump_for(COLLECTOR)
+    (state,) = run_steps(pump, envelope("<Item><N>7</N></Item>"), upto=extract_payloads)
     assert state.error is None
     assert state.root_tag == "Item" and state.payload_element.findtext("N") == "7"
 
 
 def test_a_listener_envelope_with_three_payloads_gives_three_states():
-    ctx = pump_for(COLLECTOR, RELAY).ctx
-    thread = ctx.threads.extend(ctx.threads.open("tester", "x"), "relay")
+    pump = pump_for(COLLECTOR, RELAY)
+    thread = pump.stores.threads.extend(pump.stores.threads.open("tester", "x"), "relay")
     raw = envelope(ITEMS, sender="relay", thread=thread.id)
-    states = run_steps(ctx, raw, origin=Origin.listener("relay"), upto=extract_payloads)
+    states = run_steps(pump, raw, origin=Origin.listener("relay"), upto=extract_payloads)
     assert [s.error for s in states] == [None, None, None]
     assert [s.payload_element.findtext("N") for s in states] == ["1", "2", "3"]
     # and each is routed on its own, to the collector, by root tag
-    routed = run_steps(ctx, raw, origin=Origin.listener("relay"))
-    assert [(s.error, s.target.name, s.payload) for s in routed] == [(None, "collector", Item(n=n)) for n in (1, 2, 3)]
+    routed = run_steps(pump, raw, origin=Origin.listener("relay"))
+    assert [(s.error, s.route.listener.name, s.payload) for s in routed] == [(None, "collector", Item(n=n)) for n in (1, 2, 3)]
 
 
 def test_an_external_sender_may_not_send_two_payloads():
-    ctx = pump_for(COLLECTOR).ctx
-    states = run_steps(ctx, envelope("<Item><N>1</N></Item><Item><N>2</N></Item>"), upto=extract_payloads)
+    pump = pump_for(COLLECTOR)
+    states = run_steps(pump, envelope("<Item><N>1</N></Item><Item><N>2</N></Item>"), upto=extract_payloads)
     assert len(states) == 1
     assert (states[0].error.code, states[0].error.step) == ("invalid-envelope", "extraction")
 

@@ -14,60 +14,61 @@ DAMAGED_FROM = envelope("<Echo><Text>hi</Text></Echo>", sender="tes<ter", to="ec
 DAMAGED_TO = envelope("<Echo><Text>hi</Text></Echo>", to="ec&ho")
 
 
-def test_well_formed_bytes_are_parsed_and_not_marked_repaired():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, envelope("<Echo><Text>hi</Text></Echo>", to="echo"), upto=repair)
+def test_well_formed_bytes_are_parsed_as_they_are():
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, envelope("<Echo><Text>hi</Text></Echo>", to="echo"), upto=repair)
     assert state.error is None
-    assert state.root is not None and not state.repaired
+    assert state.root is not None and [(e.tag, e.text) for e in state.root[1].iter()] == [("Echo", None), ("Text", "hi")]
 
 
 def test_a_damaged_payload_is_repaired_and_goes_on():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, DAMAGED_PAYLOAD, upto=repair)
-    assert state.error is None and state.repaired
-    (routed,) = run_steps(ctx, DAMAGED_PAYLOAD)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, DAMAGED_PAYLOAD, upto=repair)
+    assert state.error is None
+    assert [(e.tag, e.text) for e in state.root[1].iter()] == [("Echo", None), ("Text", "mended")]  # closed by repair
+    (routed,) = run_steps(pump, DAMAGED_PAYLOAD)
     assert routed.error is None
     assert routed.payload == Echo(text="mended")
-    assert routed.target.name == "echo"
+    assert routed.route.listener.name == "echo"
 
 
 def test_repair_that_would_change_from_is_refused():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, DAMAGED_FROM, upto=repair)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, DAMAGED_FROM, upto=repair)
     assert state.error is not None
     assert (state.error.code, state.error.step) == ("malformed", "repair")
     assert state.root is None
 
 
 def test_repair_that_would_change_to_is_refused():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, DAMAGED_TO, upto=repair)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, DAMAGED_TO, upto=repair)
     assert state.error is not None and state.error.code == "malformed"
 
 
 def test_a_repaired_message_is_validated_like_any_other():
-    ctx = pump_for(ECHO).ctx
+    pump = pump_for(ECHO)
     # recovered as <Text>a<b/></Text>: well-formed now, but not a string any more
     raw = envelope("<Echo><Text>a<b</Text></Echo>", to="echo")
-    (state,) = run_steps(ctx, raw, upto=validate_payload)
-    assert state.repaired
+    (state,) = run_steps(pump, raw, upto=validate_payload)
+    assert [e.tag for e in state.payload_element.iter()] == ["Echo", "Text", "b"]  # what repair made of it
     assert state.error is not None and (state.error.code, state.error.step) == ("invalid-payload", "xsd")
 
 
 def test_oversize_and_dtd_are_refused_before_parsing():
-    ctx = pump_for(ECHO, limits={"max_message_bytes": 400}).ctx
-    (big,) = run_steps(ctx, envelope("<Echo><Text>" + "x" * 500 + "</Text></Echo>"), upto=repair)
+    pump = pump_for(ECHO, limits={"max_message_bytes": 400})
+    (big,) = run_steps(pump, envelope("<Echo><Text>" + "x" * 500 + "</Text></Echo>"), upto=repair)
     assert big.error.code == "too-large"
     dtd = b'<?xml version="1.0"?><!DOCTYPE m [<!ENTITY e "x">]><m>&e;</m>'
-    (refused,) = run_steps(ctx, dtd, upto=repair)
+    (refused,) = run_steps(pump, dtd, upto=repair)
     assert refused.error.code == "forbidden-dtd"
 
 
 def test_later_steps_keep_the_first_error():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, b"<not xml")
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, b"<not xml")
     assert (state.error.code, state.error.step) == ("malformed", "repair")
-    assert state.target is None
+    assert state.route is None
 
 
 async def test_pump_repairs_a_payload_and_the_handler_gets_it(start):

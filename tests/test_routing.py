@@ -16,71 +16,71 @@ PICKY = [
 NEWS_XML = "<News><Text>hi</Text><Hops>0</Hops></News>"
 
 
-def _listener_thread(ctx, name):
+def _listener_thread(pump, name):
     """A thread where listener `name` is handling something a client sent."""
-    return ctx.threads.extend(ctx.threads.open("tester", None), name)
+    return pump.stores.threads.extend(pump.stores.threads.open("tester", None), name)
 
 
 def test_to_selects_exactly_that_listener():
-    ctx = pump_for(*NEWS).ctx
-    (state,) = run_steps(ctx, envelope(NEWS_XML, to="news_b"))
-    assert state.error is None and state.target.name == "news_b"
+    pump = pump_for(*NEWS)
+    (state,) = run_steps(pump, envelope(NEWS_XML, to="news_b"))
+    assert state.error is None and state.route.listener.name == "news_b"
     assert state.delivery_thread.chain == ("tester", "news_b")
     assert state.thread.conversation.hops == 1
 
 
 def test_without_to_every_listener_of_the_root_tag_gets_it():
-    ctx = pump_for(*NEWS, ECHO).ctx
-    states = run_steps(ctx, envelope(NEWS_XML))
-    assert sorted(s.target.name for s in states) == ["news_a", "news_b"]
+    pump = pump_for(*NEWS, ECHO)
+    states = run_steps(pump, envelope(NEWS_XML))
+    assert sorted(s.route.listener.name for s in states) == ["news_a", "news_b"]
     assert all(s.error is None for s in states)
     assert states[0].delivery_thread is not states[1].delivery_thread
 
 
 def test_a_broadcast_never_goes_back_to_its_sender():
-    ctx = pump_for(*NEWS).ctx
-    thread = _listener_thread(ctx, "news_a")
-    states = run_steps(ctx, envelope(NEWS_XML, sender="news_a", thread=thread.id), origin=Origin.listener("news_a"))
-    assert [s.target.name for s in states] == ["news_b"]
+    pump = pump_for(*NEWS)
+    thread = _listener_thread(pump, "news_a")
+    states = run_steps(pump, envelope(NEWS_XML, sender="news_a", thread=thread.id), origin=Origin.listener("news_a"))
+    assert [s.route.listener.name for s in states] == ["news_b"]
 
 
 def test_to_a_listener_of_another_root_tag_has_no_route():
-    ctx = pump_for(*NEWS, ECHO).ctx
-    (state,) = run_steps(ctx, envelope(NEWS_XML, to="echo"))
+    pump = pump_for(*NEWS, ECHO)
+    (state,) = run_steps(pump, envelope(NEWS_XML, to="echo"))
     assert (state.error.code, state.error.step) == ("no-route", "routing")
-    (state,) = run_steps(ctx, envelope(NEWS_XML, to="nobody"))
+    (state,) = run_steps(pump, envelope(NEWS_XML, to="nobody"))
     assert state.error.code == "no-route"
 
 
 def test_system_listeners_are_unreachable_from_outside_and_from_handlers():
-    ctx = pump_for(ECHO, RELAY).ctx
+    pump = pump_for(ECHO, RELAY)
     boot = "<Boot><OrganismName>x</OrganismName><Timestamp>now</Timestamp><ListenerCount>1</ListenerCount></Boot>"
-    (direct,) = run_steps(ctx, envelope(boot, to="system.boot"))
+    (direct,) = run_steps(pump, envelope(boot, to="system.boot"))
     assert direct.error.code == "no-route"
-    (broadcast,) = run_steps(ctx, envelope(boot))
+    (broadcast,) = run_steps(pump, envelope(boot))
     assert broadcast.error.code == "no-route"
-    thread = _listener_thread(ctx, "relay")
-    (from_handler,) = run_steps(ctx, envelope(boot, sender="relay", thread=thread.id), origin=Origin.listener("relay"))
+    thread = _listener_thread(pump, "relay")
+    (from_handler,) = run_steps(pump, envelope(boot, sender="relay", thread=thread.id), origin=Origin.listener("relay"))
     assert from_handler.error.code == "no-route"
 
 
 def test_a_listener_with_peers_may_only_forward_to_them():
-    ctx = pump_for(*PICKY).ctx
-    thread = _listener_thread(ctx, "picky")
+    pump = pump_for(*PICKY)
+    thread = _listener_thread(pump, "picky")
     job = "<Job><Token>t</Token></Job>"
-    (allowed,) = run_steps(ctx, envelope(job, sender="picky", to="worker", thread=thread.id), origin=Origin.listener("picky"))
-    assert allowed.error is None and allowed.target.name == "worker"
-    (refused,) = run_steps(ctx, envelope(job, sender="picky", to="outsider", thread=thread.id), origin=Origin.listener("picky"))
+    (allowed,) = run_steps(pump, envelope(job, sender="picky", to="worker", thread=thread.id), origin=Origin.listener("picky"))
+    assert allowed.error is None and allowed.route.listener.name == "worker"
+    (refused,) = run_steps(pump, envelope(job, sender="picky", to="outsider", thread=thread.id), origin=Origin.listener("picky"))
     assert (refused.error.code, refused.error.step) == ("routing", "routing")
     # a broadcast is narrowed to the peers
-    (narrowed,) = run_steps(ctx, envelope(job, sender="picky", thread=thread.id), origin=Origin.listener("picky"))
-    assert narrowed.target.name == "worker"
+    (narrowed,) = run_steps(pump, envelope(job, sender="picky", thread=thread.id), origin=Origin.listener("picky"))
+    assert narrowed.route.listener.name == "worker"
 
 
 def test_an_agent_without_peers_may_only_respond():
-    ctx = pump_for(listener("loner", "Task", "remember", agent=True), ECHO).ctx
-    thread = _listener_thread(ctx, "loner")
-    (state,) = run_steps(ctx, envelope("<Echo><Text>x</Text></Echo>", sender="loner", to="echo", thread=thread.id), origin=Origin.listener("loner"))
+    pump = pump_for(listener("loner", "Task", "remember", agent=True), ECHO)
+    thread = _listener_thread(pump, "loner")
+    (state,) = run_steps(pump, envelope("<Echo><Text>x</Text></Echo>", sender="loner", to="echo", thread=thread.id), origin=Origin.listener("loner"))
     assert state.error.code == "routing"
 
 

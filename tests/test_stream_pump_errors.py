@@ -6,7 +6,7 @@ One test per row of the error table, each a real pump run.
 import pytest
 
 from agentserver import HuhError, RemoteError, SystemError
-from agentserver.primitives import ERROR_CODES
+from agentserver.codes import CANNED
 from tests.organisms import PROBE, Ball, Echo, Order
 from tests.support import envelope, exchange, listener, organism, settle
 
@@ -38,7 +38,7 @@ async def test_refused_client_messages_get_a_huh(start):
             with pytest.raises(HuhError) as caught:
                 await client.ask(payload, to=to, timeout=30)
             assert caught.value.code == code
-            assert caught.value.message == ERROR_CODES[code]
+            assert caught.value.message == CANNED[code]
         # still running
         assert (await client.ask(Echo(text="ok"), to="echo", timeout=30)).payload.text == "ok"
     assert PROBE.counts["echo"] == 1 and PROBE.counts["strict"] == 0
@@ -66,7 +66,7 @@ async def test_refused_listener_messages_get_a_system_error(start, order, code):
     # the relay got a SystemError from the pump and told its caller what it was
     assert reply.payload.text == f"error:{code}"
     order_seen, error_seen = PROBE.of("relay")
-    assert error_seen.payload == SystemError(code=code, message=ERROR_CODES[code])
+    assert error_seen.payload == SystemError(code=code, message=CANNED[code])
     assert error_seen.meta.from_id == "system"
     assert error_seen.meta.thread_id == order_seen.meta.thread_id  # on the thread that sent it
     assert PROBE.counts["echo"] == 0 and PROBE.counts["strict"] == 0
@@ -131,7 +131,7 @@ async def test_a_thread_over_its_hop_limit_is_ended_and_the_root_caller_told(sta
         assert (await client.ask(Echo(text="after"), to="echo", timeout=30)).payload.text == "after"
     assert PROBE.counts["rally"] == 19  # hops 1..20 were delivered (n = 0..19); the 21st was refused
     assert pump.counters.errored == {"hops": 1}
-    assert pump.threads.conversations == 0 and len(pump.threads) == 0
+    assert pump.stores.threads.conversations == 0 and len(pump.stores.threads) == 0
 
 
 # ------------------------------------------------------------------ row 5: errors about errors
@@ -151,10 +151,10 @@ async def test_an_error_about_an_error_is_recorded_never_answered(start):
 async def test_a_system_error_to_a_client_that_is_gone_is_recorded(start):
     pump = await start(organism(RELAY))
     frames = []
-    pump.attach("tester", lambda frame: frames.append(frame) or True)
+    session = pump.attach("tester", lambda frame: frames.append(frame) or True)
     await pump.inject(envelope("<Order><Action>hang</Action><Arg>gate</Arg></Order>", to="relay"), from_id="tester")
     await PROBE.event("gate-started").wait()
-    pump.detach("tester")
+    pump.detach(session)
     PROBE.event("gate").set()  # the relay answers a client that has left
     await settle(pump)
     assert frames == []
@@ -165,10 +165,10 @@ async def test_a_system_error_to_a_client_that_is_gone_is_recorded(start):
 async def test_an_error_report_to_a_client_that_is_gone_is_recorded(start, probe):
     pump = await start(organism(RELAY))
     frames = []
-    pump.attach("tester", lambda frame: frames.append(frame) or True)
+    session = pump.attach("tester", lambda frame: frames.append(frame) or True)
     await pump.inject(envelope("<Order><Action>hang</Action><Arg>gate</Arg></Order>", to="relay"), from_id="tester")
     await probe.event("gate-started").wait()
-    pump.detach("tester")
+    pump.detach(session)
     probe.notes["raise_when_released"] = True
     probe.event("gate").set()  # the relay fails; its caller, the client, has left
     await settle(pump)
@@ -187,5 +187,5 @@ async def test_a_handler_that_answers_every_error_with_another_failure_is_stoppe
     assert PROBE.counts["stubborn"] == 50
     assert pump.counters.errored == {"no-route": 50, "hops": 1}
     # ... and the client that started the conversation is told, once
-    assert [(frame.kind, frame.payload) for frame in frames] == [("reply", SystemError(code="hops", message=ERROR_CODES["hops"]))]
-    assert pump.threads.conversations == 0
+    assert [(frame.kind, frame.payload) for frame in frames] == [("reply", SystemError(code="hops", message=CANNED["hops"]))]
+    assert pump.stores.threads.conversations == 0

@@ -12,11 +12,11 @@ PAYLOAD = "<Echo><Text>x</Text></Echo>"
 
 
 def test_a_client_thread_id_opens_a_conversation_and_continues_it():
-    ctx = pump_for(ECHO).ctx
+    pump = pump_for(ECHO)
     thread_id = new_thread()
-    (first,) = run_steps(ctx, envelope(PAYLOAD, to="echo", thread=thread_id), upto=assign_thread)
-    (second,) = run_steps(ctx, envelope(PAYLOAD, to="echo", thread=thread_id), upto=assign_thread)
-    (other,) = run_steps(ctx, envelope(PAYLOAD, to="echo"), upto=assign_thread)
+    (first,) = run_steps(pump, envelope(PAYLOAD, to="echo", thread=thread_id), upto=assign_thread)
+    (second,) = run_steps(pump, envelope(PAYLOAD, to="echo", thread=thread_id), upto=assign_thread)
+    (other,) = run_steps(pump, envelope(PAYLOAD, to="echo"), upto=assign_thread)
     assert first.error is None and first.thread.chain == ("tester",)
     assert first.thread.conversation.external_id == thread_id
     assert second.thread is first.thread
@@ -27,22 +27,22 @@ def test_a_client_thread_id_opens_a_conversation_and_continues_it():
 
 @pytest.mark.parametrize("sender", ["echo", "system", "core", "system.boot", "core.anything"])
 def test_an_external_sender_may_not_name_a_listener_or_a_reserved_name(sender):
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, envelope(PAYLOAD, sender=sender, to="echo"), origin=Origin.external(None), upto=assign_thread)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, envelope(PAYLOAD, sender=sender, to="echo"), origin=Origin.external(None), upto=assign_thread)
     assert state.error is not None
     assert (state.error.code, state.error.step) == ("forbidden-sender", "threads")
-    assert state.thread is None and len(ctx.threads) == 1  # only the pump's own boot thread
+    assert state.thread is None and len(pump.stores.threads) == 1  # only the pump's own boot thread
 
 
 def test_an_external_sender_must_use_its_connection_name():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, envelope(PAYLOAD, sender="mallory", to="echo"), origin=Origin.external("tester"), upto=assign_thread)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, envelope(PAYLOAD, sender="mallory", to="echo"), origin=Origin.external("tester"), upto=assign_thread)
     assert state.error.code == "forbidden-sender"
 
 
 def test_pump_built_messages_must_be_on_a_known_thread():
-    ctx = pump_for(ECHO).ctx
-    (state,) = run_steps(ctx, envelope(PAYLOAD, sender="echo"), origin=Origin.listener("echo"), upto=assign_thread)
+    pump = pump_for(ECHO)
+    (state,) = run_steps(pump, envelope(PAYLOAD, sender="echo"), origin=Origin.listener("echo"), upto=assign_thread)
     assert (state.error.code, state.error.step) == ("unknown-thread", "threads")
 
 
@@ -77,4 +77,4 @@ async def test_pump_keeps_one_conversation_per_client_thread(start):
     first, second = PROBE.of("echo")
     # each call is delivered on a thread of its own
     assert first.meta.thread_id != second.meta.thread_id
-    assert pump.threads.conversations == 0  # finished conversations are forgotten
+    assert pump.stores.threads.conversations == 0  # finished conversations are forgotten

@@ -30,17 +30,17 @@ def test_two_conversations_over_the_same_path_never_share_a_thread():
     assert registry.open("other", "x") is not one.parent
 
 
-def test_a_conversation_is_forgotten_when_its_last_unit_ends():
-    forgotten = []
-    registry = ThreadRegistry(on_forget=forgotten.extend)
+def test_a_conversation_is_over_when_its_last_unit_ends_and_forgetting_drops_its_threads():
+    registry = ThreadRegistry()
     root = registry.open("client", "x")
     child = registry.extend(root, "agent")
     conversation = root.conversation
     conversation.hold()
     conversation.hold()
-    conversation.release()
+    assert conversation.release() is False
     assert registry.get(child.id) is child
-    conversation.release()
+    assert conversation.release() is True  # the last unit: the owner forgets it now
+    forgotten = registry.forget(conversation)
     assert registry.get(child.id) is None and registry.get(root.id) is None
     assert sorted(forgotten) == sorted([root.id, child.id])
     assert (len(registry), registry.conversations) == (0, 0)
@@ -53,22 +53,30 @@ def test_idle_conversations_are_forgotten_oldest_first():
     busy = registry.open("client", "busy", now=10.0)
     fresh = registry.open("client", "fresh", now=50.0)
     registry.touch(busy.conversation, 60.0)  # activity keeps a conversation alive
-    assert registry.forget_idle(now=100.0, idle_s=60.0) == 1  # old: idle for 100 s
+
+    def forget_idle(now: float) -> int:
+        idle = registry.idle_conversations(now, 60.0)
+        for conversation in idle:
+            registry.forget(conversation)
+        return len(idle)
+
+    assert forget_idle(now=100.0) == 1  # old: idle for 100 s
     assert registry.get(old.id) is None
     assert registry.get(busy.id) is busy and registry.get(fresh.id) is fresh
-    assert registry.forget_idle(now=100.0, idle_s=60.0) == 0
-    assert registry.forget_idle(now=115.0, idle_s=60.0) == 1  # fresh (idle 65 s); busy idle 55 s
+    assert forget_idle(now=100.0) == 0
+    assert forget_idle(now=115.0) == 1  # fresh (idle 65 s); busy idle 55 s
     assert registry.get(busy.id) is busy and registry.conversations == 1
 
 
 def test_a_conversation_forgotten_as_idle_still_cleans_up_when_it_finishes():
-    forgotten = []
-    registry = ThreadRegistry(on_forget=forgotten.extend)
+    registry = ThreadRegistry()
     root = registry.open("client", "x", now=0.0)
     root.conversation.hold()  # a unit still out (a slow handler)
-    assert registry.forget_idle(now=100.0, idle_s=10.0) == 1
+    (idle,) = registry.idle_conversations(now=100.0, idle_s=10.0)
+    registry.forget(idle)
     late = registry.extend(root, "agent")  # the slow handler finally calls someone
-    root.conversation.release()
+    assert root.conversation.release() is True
+    forgotten = registry.forget(root.conversation)
     assert registry.get(late.id) is None and len(registry) == 0
     assert late.id in forgotten and registry.forgotten == 1
 
@@ -99,7 +107,7 @@ async def test_concurrent_conversations_over_the_same_path_keep_their_own_thread
         back_history = backs[token].meta.history
         assert [(entry.sender, entry.root_tag, entry.payload.token) for entry in back_history] == [("front", "Job", token)]
         assert all(entry.payload.token != other for entry in history + back_history)
-    assert pump.threads.conversations == 0 and len(pump.context) == 0
+    assert pump.stores.threads.conversations == 0 and len(pump.stores.history) == 0
 
 
 class FakeClock:
@@ -132,9 +140,9 @@ async def test_a_long_but_busy_conversation_is_not_forgotten_as_idle(start):
         await PROBE.event("gate-started").wait()
         clock.now += 60.0
         await client.ask(Echo(text="sweep"), to="echo", timeout=HANG_GUARD)
-        assert pump.threads.conversations == 0  # the hanging one was forgotten as idle
+        assert pump.stores.threads.conversations == 0  # the hanging one was forgotten as idle
         PROBE.event("gate").set()
         await settle(pump)
     assert PROBE.counts["rally"] == 40
     # nothing of the long conversation was forgotten early and left behind
-    assert (len(pump.threads), pump.threads.conversations, len(pump.context), len(pump.todos)) == (0, 0, 0, 0)
+    assert (len(pump.stores.threads), pump.stores.threads.conversations, len(pump.stores.history), len(pump.stores.todos)) == (0, 0, 0, 0)

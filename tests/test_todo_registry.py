@@ -56,4 +56,4 @@ async def test_a_todo_raised_by_a_later_message_shows_in_the_agents_next_nudge(s
     assert second_done.meta.todo_nudge == ""
     assert task.meta.thread_id == first_done.meta.thread_id == second_done.meta.thread_id
     # the primitives were applied, not sent anywhere
-    assert pump.counters.errored_total == 0 and len(pump.todos) == 0
+    assert pump.counters.errored_total == 0 and len(pump.stores.todos) == 0

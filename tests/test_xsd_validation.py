@@ -3,7 +3,7 @@
 import pytest
 
 from agentserver.message_bus.steps import validate_payload
-from agentserver.primitives import ERROR_CODES
+from agentserver.codes import CANNED
 from tests.organisms import PROBE, Typed
 from tests.support import envelope, exchange, listener, organism, pump_for, run_steps
 
@@ -21,24 +21,24 @@ INVALID = {
 
 
 def test_a_valid_payload_gets_its_type():
-    ctx = pump_for(TYPED).ctx
+    pump = pump_for(TYPED)
     raw = envelope("<Typed><Text>a</Text><Flag>false</Flag><Number>-3</Number></Typed>", to="typed")
-    (state,) = run_steps(ctx, raw, upto=validate_payload)
+    (state,) = run_steps(pump, raw, upto=validate_payload)
     assert state.error is None and state.payload_type.cls is Typed
 
 
 @pytest.mark.parametrize("case", sorted(INVALID))
 def test_an_invalid_payload_is_refused(case):
-    ctx = pump_for(TYPED).ctx
-    (state,) = run_steps(ctx, envelope(INVALID[case], to="typed"), upto=validate_payload)
+    pump = pump_for(TYPED)
+    (state,) = run_steps(pump, envelope(INVALID[case], to="typed"), upto=validate_payload)
     assert state.error is not None
     assert (state.error.code, state.error.step) == ("invalid-payload", "xsd")
     assert state.payload_type is None
 
 
 def test_an_unknown_root_tag_has_no_route():
-    ctx = pump_for(TYPED).ctx
-    (state,) = run_steps(ctx, envelope("<Unknown><Text>a</Text></Unknown>"), upto=validate_payload)
+    pump = pump_for(TYPED)
+    (state,) = run_steps(pump, envelope("<Unknown><Text>a</Text></Unknown>"), upto=validate_payload)
     assert (state.error.code, state.error.step) == ("no-route", "xsd")
 
 
@@ -47,7 +47,7 @@ async def test_pump_refuses_invalid_payloads_with_a_canned_huh(start):
     async with pump.client("tester") as client:
         for case in sorted(INVALID):
             frame = await exchange(pump, client, envelope(INVALID[case], to="typed"))
-            assert (frame.kind, frame.code, frame.message) == ("huh", "invalid-payload", ERROR_CODES["invalid-payload"])
+            assert (frame.kind, frame.code, frame.message) == ("huh", "invalid-payload", CANNED["invalid-payload"])
         frame = await exchange(pump, client, envelope("<Unknown/>"))
         assert (frame.kind, frame.code) == ("huh", "no-route")
         reply = await client.ask(Typed(text="ok", flag=True, number=1), to="typed", timeout=30)

@@ -29,7 +29,12 @@ from lxml import etree
 
 from agentserver.xmlsafe import xsd_bool
 
-__all__ = ["Codec"]
+__all__ = ["Codec", "Refused"]
+
+
+class Refused(ValueError):
+    """The payload class itself refused the values read (its constructor or
+    `__post_init__` raised): the message's fault, not the codec's."""
 
 _SCALARS = (str, int, float, bool)
 
@@ -46,7 +51,7 @@ _READ: dict[type, Callable[[str | None], Any]] = {
 class Codec:
     __slots__ = ("cls", "root_tag", "_fields")
 
-    def __init__(self, cls: type, fields: list[tuple[str, str, type, "Codec | None"]]) -> None:
+    def __init__(self, cls: type, fields: list[tuple[str, str, type | None, "Codec | None"]]) -> None:
         self.cls = cls
         self.root_tag = cls.__name__
         # (attribute, element name, scalar type or None, nested codec or None)
@@ -63,7 +68,7 @@ class Codec:
             hints = typing.get_type_hints(payload_class)
         except Exception:
             return None
-        fields = []
+        fields: list[tuple[str, str, type | None, Codec | None]] = []
         for field in dataclasses.fields(payload_class):
             kind = hints.get(field.name)
             if kind in _SCALARS:
@@ -86,7 +91,8 @@ class Codec:
                 element.append(nested.to_element(item, tag))
                 continue
             if type(item) is not kind:
-                raise ValueError(f"{self.cls.__name__}.{attribute}: expected {kind.__name__}, got {type(item).__name__}")
+                expected = kind.__name__ if kind is not None else "?"
+                raise ValueError(f"{self.cls.__name__}.{attribute}: expected {expected}, got {type(item).__name__}")
             child = etree.SubElement(element, tag)
             child.text = "true" if item is True else "false" if item is False else str(item)
         return element
@@ -102,5 +108,12 @@ class Codec:
             child = children.get(tag)
             if child is None:
                 raise ValueError(f"<{element.tag}> has no <{tag}>")
-            values[attribute] = nested.from_element(child) if nested is not None else _READ[kind](child.text)
-        return self.cls(**values)
+            if nested is not None:
+                values[attribute] = nested.from_element(child)
+            else:
+                assert kind is not None
+                values[attribute] = _READ[kind](child.text)
+        try:
+            return self.cls(**values)
+        except Exception as exc:
+            raise Refused(f"{self.cls.__name__} refused its values: {type(exc).__name__}: {exc}") from exc

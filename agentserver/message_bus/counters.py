@@ -23,6 +23,13 @@ class ListenerCounters:
     running: int = 0
     waiting: int = 0
 
+    def ended(self, ok: bool) -> None:
+        """A handler call ended: well (`ok`) or in an error."""
+        if ok:
+            self.handled += 1
+        else:
+            self.errored += 1
+
 
 @dataclass(slots=True)
 class Counters:

@@ -51,10 +51,10 @@ class PayloadType:
         return self.codec.to_element(payload) if self.codec is not None else payload.xml_value().getroot()
 
     def from_element(self, element: etree._Element) -> Any:
-        return self.codec.from_element(element) if self.codec is not None else self.cls.parse(element)
+        return self.codec.from_element(element) if self.codec is not None else self.cls.parse(element)  # type: ignore[attr-defined]
 
     @classmethod
-    def of(cls, payload_class: type) -> "PayloadType":
+    def of(cls, payload_class: Any) -> "PayloadType":  # an @xmlify class: its methods are added at run time
         xsd_tree = payload_class.xsd(namespaces={}, imports={})  # fresh dicts: xmlable mutates them
         return cls(
             cls=payload_class,
@@ -226,12 +226,12 @@ def _example_value(tp: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
         return _example_value(options[0], name) if options else None
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return example_of(tp)
     return None
 
 
-def _example_xml(payload_class: type) -> str:
+def _example_xml(payload_class: Any) -> str:
     try:
         tree = example_of(payload_class).xml_value()
         return etree.tostring(tree, pretty_print=True, encoding="unicode")

@@ -3,27 +3,31 @@
 A `MessageState` starts as raw bytes plus the `Origin` that handed them in; each
 pipeline step fills in one more field or sets `error`. Once `error` is set, later
 steps pass the state through untouched, so the first failure is the one reported.
+Routing ends the pipeline with a frozen `route`: a `Delivery` to a listener, or a
+`ToClient` reply to the external client at the root of the conversation.
 
 Accounting: every state is one unit of work. It is counted `accepted` when it is
-born and ends exactly once (`handled` or `errored`): `_settle` or `_fail` in stream_pump.
-A state may hold a conversation (`conversation`), an admission ticket (a place in
-the pipeline) and an intake ticket (a place in the bounded external intake, kept until
-its handler starts); `fork` makes a sibling that holds them too, so none is released
-while any part of the message still needs it.
+born and ends exactly once (`handled` or `errored`), in stream_pump. A state may
+hold a conversation (`conversation`), an admission ticket (a place in the pipeline)
+and an intake ticket (a place in the bounded external intake, kept until its handler
+starts); `fork` makes a sibling that holds them too, so none is released while any
+part of the message still needs it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from agentserver.primitives import ROUTING_ERROR, SystemError
+from agentserver.codes import ErrorCode
+from agentserver.primitives import SystemError
 
 if TYPE_CHECKING:  # pragma: no cover
     from lxml import etree
 
-    from agentserver.message_bus.listeners import Listener
+    from agentserver.message_bus.listeners import Listener, PayloadType
+    from agentserver.message_bus.mailboxes import Session
     from agentserver.message_bus.thread_registry import Conversation, Thread
 
 __all__ = [
@@ -31,11 +35,13 @@ __all__ = [
     "StepError",
     "Origin",
     "OriginKind",
+    "Delivery",
+    "ToClient",
+    "Ticket",
     "HandlerMetadata",
     "HandlerResponse",
     "HistoryEntry",
     "SystemError",
-    "ROUTING_ERROR",
 ]
 
 
@@ -66,11 +72,32 @@ SYSTEM_ORIGIN = Origin(OriginKind.SYSTEM, "system")
 
 @dataclass(frozen=True, slots=True)
 class StepError:
-    """Why a message failed: a short `code` (see primitives.ERROR_CODES) and the full reason."""
+    """Why a message failed: a short `code` and the full reason (never sent to senders)."""
 
-    code: str
+    code: ErrorCode
     reason: str
     step: str
+    exc: BaseException | None = None  # `internal` errors: the exception, logged with its traceback
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Routing's verdict: `listener` handles the message on `thread`."""
+
+    listener: "Listener"
+    thread: "Thread"
+
+
+@dataclass(frozen=True, slots=True)
+class ToClient:
+    """Routing's verdict: the message answers the client (or `system`) at the root of
+    `thread`'s conversation."""
+
+    thread: "Thread"
+
+    @property
+    def client(self) -> str:
+        return self.thread.owner
 
 
 class Ticket:
@@ -78,7 +105,7 @@ class Ticket:
 
     __slots__ = ("count", "_release")
 
-    def __init__(self, release) -> None:
+    def __init__(self, release: Callable[[], None]) -> None:
         self.count = 1
         self._release = release
 
@@ -95,9 +122,9 @@ class Ticket:
 class MessageState:
     raw: bytes
     origin: Origin
+    session: "Session | None" = None  # external: the connection (or in-process client) it came from
     # filled by the steps, in pipeline order
     root: "etree._Element | None" = None  # repair: the parsed envelope
-    repaired: bool = False
     canonical: bytes | None = None  # c14n: exclusive canonical bytes of the envelope
     sender: str = ""  # envelope validation: <from>
     to: str | None = None  # <to>
@@ -105,10 +132,9 @@ class MessageState:
     payload_element: "etree._Element | None" = None  # payload extraction
     root_tag: str = ""
     thread: "Thread | None" = None  # thread assignment: the sender's thread
-    payload_type: Any = None  # xsd validation: the PayloadType for root_tag
+    payload_type: "PayloadType | None" = None  # xsd validation: the PayloadType for root_tag
     payload: Any = None  # deserialization
-    target: "Listener | str | None" = None  # routing: a Listener, or an external client name
-    delivery_thread: "Thread | None" = None  # routing: the thread the target handles it on
+    route: Delivery | ToClient | None = None  # routing
     sender_thread: "Thread | None" = None  # pump-built: the thread the sending handler was on
     error: StepError | None = None
     # bookkeeping
@@ -120,9 +146,9 @@ class MessageState:
     settled: bool = False
     thread_hint: str | None = None  # external: the thread the client injected with (for <huh>s)
 
-    def fail(self, code: str, reason: str, step: str) -> "MessageState":
+    def fail(self, code: ErrorCode, reason: str, step: str, exc: BaseException | None = None) -> "MessageState":
         if self.error is None:
-            self.error = StepError(code, reason, step)
+            self.error = StepError(code, reason, step, exc)
         return self
 
     def fork(self, **changes: Any) -> "MessageState":
@@ -130,8 +156,8 @@ class MessageState:
         child = MessageState(
             raw=self.raw,
             origin=self.origin,
+            session=self.session,
             root=self.root,
-            repaired=self.repaired,
             canonical=self.canonical,
             sender=self.sender,
             to=self.to,
@@ -141,8 +167,7 @@ class MessageState:
             thread=self.thread,
             payload_type=self.payload_type,
             payload=self.payload,
-            target=self.target,
-            delivery_thread=self.delivery_thread,
+            route=self.route,
             sender_thread=self.sender_thread,
             error=self.error,
             is_error_report=self.is_error_report,
@@ -150,6 +175,7 @@ class MessageState:
             conversation=self.conversation,
             ticket=self.ticket,
             intake_ticket=self.intake_ticket,
+            thread_hint=self.thread_hint,
         )
         for key, value in changes.items():
             setattr(child, key, value)
@@ -168,7 +194,7 @@ class MessageState:
             conversation.hold()
 
     def leave_pipeline(self) -> None:
-        """This unit is out of the pipeline (parked for its listener): free its admission share."""
+        """This unit is out of the pipeline (parked or started): free its admission share."""
         if self.ticket is not None:
             self.ticket.drop()
             self.ticket = None
@@ -179,15 +205,23 @@ class MessageState:
             self.intake_ticket.drop()
             self.intake_ticket = None
 
-    def release(self) -> None:
-        """Give back what this unit holds. Idempotent."""
+    def release(self) -> "Conversation | None":
+        """Give back what this unit holds (once). Returns its conversation if that ended
+        with this unit (nothing of it is in flight any more)."""
         if self.settled:
-            return
+            return None
         self.settled = True
         self.leave_pipeline()
         self.leave_intake()
-        if self.conversation is not None:
-            self.conversation.release()
+        conversation = self.conversation
+        if conversation is not None and conversation.release():
+            return conversation
+        return None
+
+    @property
+    def delivery_thread(self) -> "Thread | None":
+        """The thread the routed message is handled (or answered) on."""
+        return self.route.thread if self.route is not None else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from lxml import etree
 
 from agentserver.limits import Limits
 from agentserver.message_bus.listeners import Routes
-from agentserver.message_bus.thread_registry import ThreadRegistry
+from agentserver.message_bus.stores import ThreadStore
 from agentserver.xmlsafe import SafeXml
 
 __all__ = ["PipelineContext"]
@@ -25,6 +25,6 @@ class PipelineContext:
     xml: SafeXml
     envelope_schema: etree.XMLSchema
     routes: Routes
-    threads: ThreadRegistry
+    threads: ThreadStore
     limits: Limits
     clock: Callable[[], float] = field(default=time.monotonic)

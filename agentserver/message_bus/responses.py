@@ -16,23 +16,28 @@ handler returns can set them.
 - TodoUntil / TodoComplete (bare or wrapped): todo operations on the handler's thread.
 
 Anything else raises WrongType.
+
+`system_message` builds what the pump itself sends (Boot, SystemError) the same way.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
 from lxml import etree
 
-from agentserver.envelope import build_envelope
-from agentserver.message_bus.message_state import HandlerResponse, MessageState, Origin
+from agentserver.codes import ErrorCode
+from agentserver.envelope import NIL_THREAD, build_envelope
+from agentserver.message_bus.message_state import SYSTEM_ORIGIN, HandlerResponse, MessageState, Origin, ToClient
 from agentserver.message_bus.pipeline_context import PipelineContext
 from agentserver.message_bus.thread_registry import Thread
 from agentserver.primitives import TodoComplete, TodoUntil
+from agentserver.outbound import Outbound, OutboundKind
 from agentserver.xmlsafe import UnsafeXml
 
-__all__ = ["build_responses", "Responses", "WrongType", "payload_element"]
+__all__ = ["build_responses", "Responses", "WrongType", "payload_element", "system_message", "reply_outbound"]
 
 
 class WrongType(Exception):
@@ -92,7 +97,7 @@ def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Resp
             state = MessageState(raw=bytes(item)[:4096], origin=Origin.listener(sender), sender=sender, thread=thread, sender_thread=thread)
             state.bind(thread.conversation)
             # UnsafeXml carries our short code; XMLSyntaxError's `code` is libxml2's number
-            code = exc.code if isinstance(exc, UnsafeXml) else "malformed"
+            code = exc.code if isinstance(exc, UnsafeXml) else ErrorCode.MALFORMED
             out.states.append(state.fail(code, f"handler bytes: {exc}", "responses"))
             return
         if len(elements) > ctx.limits.max_fanout:
@@ -102,7 +107,34 @@ def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Resp
     raise WrongType(f"handler returned {type(item).__name__}; expected None, HandlerResponse, a list of them, or bytes")
 
 
-def _envelope(elements: list, sender: str, to: str | None, thread: Thread, sender_thread: Thread, ctx: PipelineContext) -> MessageState:
+def system_message(ctx: PipelineContext, payload: Any, *, to: str | None, thread: Thread) -> MessageState:
+    """A message from `system` (Boot, SystemError) on `thread`, to `to` or broadcast.
+
+    A SystemError to someone is an error report: if it fails in turn, nobody is told."""
+    root = build_envelope(payload_element(payload, ctx), sender="system", to=to, thread=thread.id,
+                          factory=ctx.xml.makeelement)
+    state = MessageState(raw=b"", origin=SYSTEM_ORIGIN, root=root, prebuilt=True, sender="system", to=to,
+                         thread_ref=thread.id, thread=thread, is_error_report=to is not None)
+    state.bind(thread.conversation)
+    return state
+
+
+def reply_outbound(state: MessageState, route: ToClient) -> Outbound:
+    """What the client at the root of the conversation receives for a routed reply.
+
+    The frame bytes are built only if a socket client needs them; the thread id is the
+    one the client used."""
+    thread_id = route.thread.conversation.external_id or NIL_THREAD
+    element, sender, client = state.payload_element, state.sender, route.client
+    assert element is not None  # a routed message has its payload
+
+    def frame() -> bytes:
+        return etree.tostring(build_envelope(copy.deepcopy(element), sender=sender, to=client, thread=thread_id))
+
+    return Outbound(OutboundKind.REPLY, thread_id, sender, frame, state.payload, element)
+
+
+def _envelope(elements: list[etree._Element], sender: str, to: str | None, thread: Thread, sender_thread: Thread, ctx: PipelineContext) -> MessageState:
     root = build_envelope(elements, sender=sender, to=to, thread=thread.id, factory=ctx.xml.makeelement)
     state = MessageState(raw=b"", origin=Origin.listener(sender), root=root, prebuilt=True, sender=sender, to=to,
                          thread_ref=thread.id, thread=thread, sender_thread=sender_thread)

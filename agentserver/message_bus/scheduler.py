@@ -1,15 +1,18 @@
-"""Fair scheduling of work across conversations and clients. No I/O.
+"""Fair queues: round-robin across clients, then across their conversations. No I/O.
 
-Work waits in one queue per *key*: an external client's name for intake, a
-conversation's id for handler responses. `pop` serves the keys round-robin, one item
-per turn, so a chatty conversation or a flooding client cannot starve a quiet one.
+Work waits under two keys: an *outer* key (who the work is for: an external client's
+session, or `system`) and an *inner* key (which of its conversations). `pop` serves
+the outer keys round-robin, one item per turn, and within one outer key its inner
+keys round-robin, so a client flooding with 5,000 conversations gets one turn like a
+client with one, and inside a client a chatty conversation cannot starve a quiet one.
 
-- breadth-first: each key's queue is FIFO (a conversation's messages in order);
-- depth-first: each key's queue is LIFO (a conversation follows its newest branch to
+- breadth-first: each inner queue is FIFO (a conversation's messages in order);
+- depth-first: each inner queue is LIFO (a conversation follows its newest branch to
   the end before older siblings), still round-robin across keys.
 
-Intake items are counted so the caller can bound them (`intake_size`); responses are
-never refused (handlers must not block on their own output).
+Intake items are counted so the caller can bound them (`intake_size`); the queue
+itself never refuses anything (handlers must not block on their own output).
+The same class orders the pump's queued units and the units parked for a listener.
 """
 
 from __future__ import annotations
@@ -22,23 +25,53 @@ __all__ = ["FairScheduler"]
 T = TypeVar("T")
 
 
+class _Lane(Generic[T]):
+    """One outer key's work: inner keys round-robin."""
+
+    __slots__ = ("queues", "ring", "size")
+
+    def __init__(self) -> None:
+        self.queues: dict[Hashable, deque[tuple[T, bool]]] = {}
+        self.ring: deque[Hashable] = deque()
+        self.size = 0
+
+    def push(self, inner: Hashable, entry: tuple[T, bool]) -> None:
+        queue = self.queues.get(inner)
+        if queue is None:
+            queue = self.queues[inner] = deque()
+            self.ring.append(inner)
+        queue.append(entry)
+        self.size += 1
+
+    def pop(self, lifo: bool) -> tuple[T, bool]:
+        inner = self.ring.popleft()
+        queue = self.queues[inner]
+        entry = queue.pop() if lifo else queue.popleft()
+        if queue:
+            self.ring.append(inner)
+        else:
+            del self.queues[inner]
+        self.size -= 1
+        return entry
+
+
 class FairScheduler(Generic[T]):
     def __init__(self, depth_first: bool = False) -> None:
         self.depth_first = depth_first
-        self._queues: dict[Hashable, deque[tuple[T, bool]]] = {}
-        self._ring: deque[Hashable] = deque()  # keys with work, in turn order
+        self._lanes: dict[Hashable, _Lane[T]] = {}
+        self._ring: deque[Hashable] = deque()  # outer keys with work, in turn order
         self.intake_size = 0
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def push(self, key: Hashable, item: T, *, intake: bool = False) -> None:
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = deque()
-            self._ring.append(key)
-        queue.append((item, intake))
+    def push(self, outer: Hashable, item: T, *, inner: Hashable = None, intake: bool = False) -> None:
+        lane = self._lanes.get(outer)
+        if lane is None:
+            lane = self._lanes[outer] = _Lane()
+            self._ring.append(outer)
+        lane.push(inner, (item, intake))
         self.size += 1
         if intake:
             self.intake_size += 1
@@ -47,13 +80,13 @@ class FairScheduler(Generic[T]):
         """The next (item, was_intake), or None when nothing waits."""
         if not self._ring:
             return None
-        key = self._ring.popleft()
-        queue = self._queues[key]
-        item, intake = queue.pop() if self.depth_first else queue.popleft()
-        if queue:
-            self._ring.append(key)
+        outer = self._ring.popleft()
+        lane = self._lanes[outer]
+        item, intake = lane.pop(self.depth_first)
+        if lane.size:
+            self._ring.append(outer)
         else:
-            del self._queues[key]
+            del self._lanes[outer]
         self.size -= 1
         if intake:
             self.intake_size -= 1
@@ -61,8 +94,8 @@ class FairScheduler(Generic[T]):
 
     def drain(self) -> list[T]:
         """Remove and return everything still waiting (shutdown)."""
-        items = [item for queue in self._queues.values() for item, _ in queue]
-        self._queues.clear()
+        items = [item for lane in self._lanes.values() for queue in lane.queues.values() for item, _ in queue]
+        self._lanes.clear()
         self._ring.clear()
         self.size = self.intake_size = 0
         return items

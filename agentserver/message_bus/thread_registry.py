@@ -9,9 +9,13 @@ names, so names may contain dots, and two conversations over the same path never
 a thread: every child thread gets a fresh UUID.
 
 A conversation counts the units of work alive in it (`hold`/`release`). When the count
-reaches zero it is finished and forgotten, with all its threads; `forget_idle` drops
-conversations nobody touched for a long time. So the registry stays bounded under
-endless traffic. No I/O: time is passed in.
+reaches zero it is finished: its owner (the pump) then `forget`s it with all its
+threads; `forget_idle` drops conversations nobody touched for a long time. So the
+registry stays bounded under endless traffic. No I/O: time is passed in.
+
+An external conversation belongs to the session (connection) that started it: the key
+is (session, the client's thread id), so a later connection that reuses a client's
+name starts conversations of its own and never continues, or hears, an earlier one's.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections import OrderedDict
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Hashable
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.message_bus.mailboxes import Session
 
 __all__ = ["Thread", "Conversation", "ThreadRegistry"]
 
@@ -48,41 +55,45 @@ class Thread:
 
 
 class Conversation:
-    __slots__ = ("id", "root", "external_id", "pending", "hops", "ended", "told", "last_active", "threads", "_registry")
+    __slots__ = ("id", "root", "external_id", "session", "pending", "hops", "ended", "told", "last_active", "threads")
 
-    def __init__(self, registry: "ThreadRegistry", id: int, external_id: str | None, now: float) -> None:
+    def __init__(self, id: int, external_id: str | None, session: "Session | None", now: float) -> None:
         self.id = id  # internal key, never on the wire
         self.external_id = external_id  # the id the client used, echoed on replies
+        self.session = session  # the connection that started it: replies go there and nowhere else
         self.pending = 0
         self.hops = 0
         self.ended = False  # over max_thread_hops: what is left of it is refused
         self.told = False  # its root caller has been told it ended
         self.last_active = now
         self.threads: list[str] = []
-        self._registry = registry
         self.root: Thread  # set by the registry
 
     def hold(self) -> None:
         self.pending += 1
 
-    def release(self) -> None:
+    def release(self) -> bool:
+        """One unit of it ended; True when that was the last one (the conversation is over)."""
         self.pending -= 1
-        if self.pending <= 0:
-            self._registry._finish(self)
+        return self.pending <= 0
 
     @property
     def client(self) -> str:
         return self.root.chain[0]
 
+    @property
+    def lane(self) -> "Session | str":
+        """Whose work this is, for fair queues: the session that started it (or the name)."""
+        return self.session or self.client
+
 
 class ThreadRegistry:
     """Maps thread UUIDs to threads; owns the conversations they belong to."""
 
-    def __init__(self, *, on_forget: Callable[[Iterable[str]], None] | None = None) -> None:
+    def __init__(self) -> None:
         self._threads: dict[str, Thread] = {}
-        self._external: dict[tuple[str, str], Conversation] = {}
-        self._conversations: OrderedDict[str, Conversation] = OrderedDict()  # oldest activity first
-        self._on_forget = on_forget
+        self._external: dict[tuple[Hashable, str], Conversation] = {}
+        self._conversations: OrderedDict[int, Conversation] = OrderedDict()  # oldest activity first
         self.forgotten = 0
         # thread ids: UUID-shaped, a random prefix per registry and a counter (unique, and
         # five times cheaper than uuid4 on the hot path); conversation ids: a counter
@@ -105,19 +116,23 @@ class ThreadRegistry:
         return list(self._conversations.values())
 
     # -- conversations -----------------------------------------------------------
-    def open(self, client: str, external_id: str | None = None, *, now: float = 0.0) -> Thread:
-        """The root thread of `client`'s conversation `external_id`, starting it if new."""
+    def open(self, client: str, external_id: str | None = None, *, session: "Session | None" = None, now: float = 0.0) -> Thread:
+        """The root thread of `client`'s conversation `external_id`, starting it if new.
+
+        With a `session`, the conversation belongs to that session (connection)."""
+        key: tuple[Hashable, str] | None = None
         if external_id is not None:
-            known = self._external.get((client, external_id))
+            key = (session.id if session is not None else client, external_id)
+            known = self._external.get(key)
             if known is not None:
                 self.touch(known, now)
                 return known.root
-        conversation = Conversation(self, next(self._conversation_numbers), external_id, now)
+        conversation = Conversation(next(self._conversation_numbers), external_id, session, now)
         root = self._new_thread((client,), None, conversation)
         conversation.root = root
         self._conversations[conversation.id] = conversation
-        if external_id is not None:
-            self._external[(client, external_id)] = conversation
+        if key is not None:
+            self._external[key] = conversation
         return root
 
     def extend(self, thread: Thread, name: str) -> Thread:
@@ -134,16 +149,30 @@ class ThreadRegistry:
         if conversation.id in self._conversations:
             self._conversations.move_to_end(conversation.id)
 
-    def forget_idle(self, now: float, idle_s: float) -> int:
-        """Forget conversations idle for longer than `idle_s`. Returns how many."""
-        count = 0
-        while self._conversations:
-            conversation = next(iter(self._conversations.values()))
+    def idle_conversations(self, now: float, idle_s: float) -> list[Conversation]:
+        """Conversations nobody touched for longer than `idle_s`, oldest first."""
+        idle = []
+        for conversation in self._conversations.values():
             if now - conversation.last_active <= idle_s:
                 break
-            self._forget(conversation)
-            count += 1
-        return count
+            idle.append(conversation)
+        return idle
+
+    def forget(self, conversation: Conversation) -> list[str]:
+        """Drop `conversation` and its threads; returns the ids of the threads dropped.
+
+        Also when it was forgotten as idle while a unit was still out: the threads it
+        made since then go too."""
+        if self._conversations.pop(conversation.id, None) is not None:
+            self.forgotten += 1
+        if conversation.external_id is not None:
+            session = conversation.session
+            key = (session.id if session is not None else conversation.client, conversation.external_id)
+            if self._external.get(key) is conversation:
+                del self._external[key]
+        for thread_id in conversation.threads:
+            self._threads.pop(thread_id, None)
+        return conversation.threads
 
     # -- internals -----------------------------------------------------------------
     def _new_thread(self, chain: tuple[str, ...], parent: Thread | None, conversation: Conversation) -> Thread:
@@ -152,19 +181,3 @@ class ThreadRegistry:
         conversation.threads.append(thread.id)
         return thread
 
-    def _finish(self, conversation: Conversation) -> None:
-        # also when it was forgotten as idle while a unit was still out: the threads it
-        # made since then must go too
-        self._forget(conversation)
-
-    def _forget(self, conversation: Conversation) -> None:
-        if self._conversations.pop(conversation.id, None) is not None:
-            self.forgotten += 1
-        if conversation.external_id is not None:
-            key = (conversation.client, conversation.external_id)
-            if self._external.get(key) is conversation:
-                del self._external[key]
-        for thread_id in conversation.threads:
-            self._threads.pop(thread_id, None)
-        if self._on_forget is not None:
-            self._on_forget(conversation.threads)

@@ -12,10 +12,15 @@ Watchers live and die with their thread (`forget`), and a thread holds at most
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Iterable
 
+from agentserver.primitives import TodoComplete, TodoUntil
+
 __all__ = ["TodoRegistry", "Watcher", "TooManyTodos"]
+
+log = logging.getLogger("agentserver.pump")
 
 
 class TooManyTodos(Exception):
@@ -52,6 +57,17 @@ class TodoRegistry:
         watcher = Watcher(todo_id, issuer, wait_for, from_listener, note)
         watchers[key] = watcher
         return watcher
+
+    def apply(self, todo: TodoUntil | TodoComplete, issuer: str, thread_id: str) -> None:
+        """What a handler returned as a todo primitive, on the thread it was handling.
+        A thread over its todo limit refuses new ones (logged)."""
+        if isinstance(todo, TodoComplete):
+            self.complete(thread_id, issuer, todo.todo_id)
+            return
+        try:
+            self.add(thread_id, issuer, todo.todo_id, todo.wait_for, todo.from_listener, todo.note)
+        except TooManyTodos as exc:
+            log.warning("todo refused issuer=%s thread=%s: %s", issuer, thread_id, exc)
 
     def complete(self, thread_id: str, issuer: str, todo_id: str) -> bool:
         watchers = self._by_thread.get(thread_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from lxml import etree
 
+from agentserver.codes import ErrorCode as E
 from agentserver.message_bus.message_state import MessageState
 from agentserver.message_bus.pipeline_context import PipelineContext
 
@@ -19,8 +20,9 @@ from agentserver.message_bus.pipeline_context import PipelineContext
 def canonicalize(state: MessageState, ctx: PipelineContext) -> MessageState:
     if state.error is not None or state.prebuilt:
         return state  # the pump's own envelopes: canonical bytes are made only if needed
+    assert state.root is not None  # repair parsed it
     try:
         state.canonical = etree.tostring(state.root, method="c14n", exclusive=True)
     except (etree.C14NError, ValueError) as exc:  # e.g. relative namespace URIs
-        return state.fail("malformed", f"cannot canonicalize: {exc}", "c14n")
+        return state.fail(E.MALFORMED, f"cannot canonicalize: {exc}", "c14n")
     return state

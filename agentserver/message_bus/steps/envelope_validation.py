@@ -10,17 +10,20 @@ their payloads are validated, by the XSD step.
 from __future__ import annotations
 
 from agentserver.envelope import read_meta
+from agentserver.codes import ErrorCode as E
 from agentserver.message_bus.message_state import MessageState
 from agentserver.message_bus.pipeline_context import PipelineContext
+from agentserver.xmlsafe import schema_error
 
 
 def validate_envelope(state: MessageState, ctx: PipelineContext) -> MessageState:
     if state.error is not None or state.prebuilt:
         return state
+    root = state.root
+    assert root is not None  # repair parsed it
     schema = ctx.envelope_schema
-    if not schema.validate(state.root):
-        error = schema.error_log.last_error
-        return state.fail("invalid-envelope", f"envelope: {error.message if error else 'invalid'}", "envelope")
-    meta = read_meta(state.root)
+    if not schema.validate(root):
+        return state.fail(E.INVALID_ENVELOPE, f"envelope: {schema_error(schema)}", "envelope")
+    meta = read_meta(root)
     state.sender, state.to, state.thread_ref = meta.sender, meta.to, meta.thread
     return state

@@ -11,6 +11,7 @@ may put exactly one payload in an envelope; handler output may carry several (a 
 from __future__ import annotations
 
 from agentserver.envelope import payload_elements
+from agentserver.codes import ErrorCode as E
 from agentserver.message_bus.message_state import MessageState, OriginKind
 from agentserver.message_bus.pipeline_context import PipelineContext
 
@@ -18,13 +19,14 @@ from agentserver.message_bus.pipeline_context import PipelineContext
 def extract_payloads(state: MessageState, ctx: PipelineContext) -> list[MessageState]:
     if state.error is not None:
         return [state]
+    assert state.root is not None  # repair parsed it
     payloads = payload_elements(state.root)
     if not payloads:
-        return [state.fail("invalid-envelope", "envelope carries no payload", "extraction")]
+        return [state.fail(E.INVALID_ENVELOPE, "envelope carries no payload", "extraction")]
     if len(payloads) > 1 and state.origin.kind is OriginKind.EXTERNAL:
-        return [state.fail("invalid-envelope", f"{len(payloads)} payloads; external senders send one per message", "extraction")]
+        return [state.fail(E.INVALID_ENVELOPE, f"{len(payloads)} payloads; external senders send one per message", "extraction")]
     if state.prebuilt and any(p.tag[0] == "{" for p in payloads):  # external ones: envelope.xsd said so
-        return [state.fail("invalid-envelope", "payloads must be unqualified (xmlns=\"\")", "extraction")]
+        return [state.fail(E.INVALID_ENVELOPE, "payloads must be unqualified (xmlns=\"\")", "extraction")]
     first = payloads[0]
     states = [state.fork(payload_element=p, root_tag=p.tag) for p in payloads[1:]]
     state.payload_element, state.root_tag = first, first.tag

@@ -2,7 +2,7 @@
 
 Yields the state with `root` set, parsed strictly by the pump's safe parser. Input the
 strict parser rejects is re-read by libxml2's recovering parser; the result is kept
-(`state.repaired = True`) only if the routing fields `<from>`, `<to>` and `<thread>`
+only if the routing fields `<from>`, `<to>` and `<thread>`
 read back exactly as they stand in the original bytes: repair may drop damage in a
 payload, never change who a message is from, for, or on which thread. A repaired
 message is validated by the later steps like any other. Refusals: `too-large`,
@@ -17,6 +17,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from agentserver.envelope import META, read_meta
+from agentserver.codes import ErrorCode as E
 from agentserver.message_bus.message_state import MessageState
 from agentserver.message_bus.pipeline_context import PipelineContext
 from agentserver.xmlsafe import UnsafeXml
@@ -36,9 +37,8 @@ def repair(state: MessageState, ctx: PipelineContext) -> MessageState:
         strict_error = str(exc)
     recovered = ctx.xml.recover(state.raw)
     if recovered is None or not _meta_intact(recovered, state.raw):
-        return state.fail("malformed", f"not well-formed and not repairable: {strict_error}", "repair")
+        return state.fail(E.MALFORMED, f"not well-formed and not repairable: {strict_error}", "repair")
     state.root = recovered
-    state.repaired = True
     return state
 
 

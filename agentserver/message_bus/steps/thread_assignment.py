@@ -3,8 +3,8 @@
 Yields the state with `thread` (the *sender's* thread) set and bound to its
 conversation. For an external sender this also settles identity: `<from>` must be the
 connection's own name (when it has one) and may not name a listener or a reserved name
-(`forbidden-sender`); the client's thread id opens or continues that client's
-conversation. Messages the pump built (handler output, system messages) already carry
+(`forbidden-sender`); the client's thread id opens or continues a conversation of that
+client's session (a later connection with the same name has conversations of its own). Messages the pump built (handler output, system messages) already carry
 their thread. A conversation ended for exceeding `max_thread_hops` takes no more
 messages (`hops`).
 """
@@ -12,6 +12,7 @@ messages (`hops`).
 from __future__ import annotations
 
 from agentserver.limits import is_reserved
+from agentserver.codes import ErrorCode as E
 from agentserver.message_bus.message_state import MessageState, OriginKind
 from agentserver.message_bus.pipeline_context import PipelineContext
 
@@ -19,21 +20,22 @@ from agentserver.message_bus.pipeline_context import PipelineContext
 def assign_thread(state: MessageState, ctx: PipelineContext) -> MessageState:
     if state.error is not None:
         return state
-    if state.thread is None:
+    thread = state.thread
+    if thread is None:
         if state.origin.kind is not OriginKind.EXTERNAL:
             thread = ctx.threads.get(state.thread_ref)
             if thread is None:
-                return state.fail("unknown-thread", f"thread {state.thread_ref} is not known", "threads")
+                return state.fail(E.UNKNOWN_THREAD, f"thread {state.thread_ref} is not known", "threads")
         else:
             sender = state.sender
             claimed = state.origin.name
             if claimed is not None and sender != claimed:
-                return state.fail("forbidden-sender", f"<from>{sender}</from> on a connection named {claimed!r}", "threads")
+                return state.fail(E.FORBIDDEN_SENDER, f"<from>{sender}</from> on a connection named {claimed!r}", "threads")
             if is_reserved(sender) or sender in ctx.routes.by_name:
-                return state.fail("forbidden-sender", f"external sender may not call itself {sender!r}", "threads")
-            thread = ctx.threads.open(sender, state.thread_ref, now=ctx.clock())
+                return state.fail(E.FORBIDDEN_SENDER, f"external sender may not call itself {sender!r}", "threads")
+            thread = ctx.threads.open(sender, state.thread_ref, session=state.session, now=ctx.clock())
         state.thread = thread
-    state.bind(state.thread.conversation)
-    if state.thread.conversation.ended:
-        return state.fail("hops", "conversation was ended at its hop limit", "threads")
+    state.bind(thread.conversation)
+    if thread.conversation.ended:
+        return state.fail(E.HOPS, "conversation was ended at its hop limit", "threads")
     return state

@@ -8,8 +8,10 @@ handlers have emitted). Refusals: `no-route` (nobody knows that root tag) and
 
 from __future__ import annotations
 
+from agentserver.codes import ErrorCode as E
 from agentserver.message_bus.message_state import MessageState
 from agentserver.message_bus.pipeline_context import PipelineContext
+from agentserver.xmlsafe import schema_error
 
 
 def validate_payload(state: MessageState, ctx: PipelineContext) -> MessageState:
@@ -17,10 +19,11 @@ def validate_payload(state: MessageState, ctx: PipelineContext) -> MessageState:
         return state
     payload_type = ctx.routes.payload_types.get(state.root_tag)
     if payload_type is None:
-        return state.fail("no-route", f"no listener or type for root tag <{state.root_tag}>", "xsd")
+        return state.fail(E.NO_ROUTE, f"no listener or type for root tag <{state.root_tag}>", "xsd")
+    element = state.payload_element
+    assert element is not None  # extraction found it
     schema = payload_type.schema
-    if not schema.validate(state.payload_element):
-        error = schema.error_log.last_error
-        return state.fail("invalid-payload", f"<{state.root_tag}>: {error.message if error else 'invalid'}", "xsd")
+    if not schema.validate(element):
+        return state.fail(E.INVALID_PAYLOAD, f"<{state.root_tag}>: {schema_error(schema)}", "xsd")
     state.payload_type = payload_type
     return state

@@ -1,0 +1,75 @@
+"""Why a message failed: one short code per cause, and the canned text a sender is told.
+
+A refusal or failure carries an `ErrorCode`; the sender only ever sees the code and
+its canned sentence from `CANNED` (never a validator's output or anything about the
+organism's topology). The full reason goes to the log and the dead letters.
+
+This module imports nothing, so the client, the protocol and the pump share it.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["ErrorCode", "CANNED", "canned"]
+
+
+class ErrorCode(str, Enum):
+    """The closed set of reasons. A `str`, so `code == "no-route"` reads naturally."""
+
+    # refused before or in the pipeline: the sender hears of it
+    MALFORMED = "malformed"
+    TOO_LARGE = "too-large"
+    FORBIDDEN_DTD = "forbidden-dtd"
+    INVALID_ENVELOPE = "invalid-envelope"
+    FORBIDDEN_SENDER = "forbidden-sender"
+    NO_ROUTE = "no-route"
+    INVALID_PAYLOAD = "invalid-payload"
+    UNREADABLE_PAYLOAD = "unreadable-payload"
+    UNKNOWN_THREAD = "unknown-thread"
+    ROUTING = "routing"
+    # a handler failed: the caller of its branch hears of it
+    HANDLER = "handler"
+    TIMEOUT = "timeout"
+    WRONG_TYPE = "wrong-type"
+    # the conversation was ended: its root caller hears of it, once
+    HOPS = "hops"
+    # nobody can be told
+    SHUTDOWN = "shutdown"
+    UNDELIVERABLE = "undeliverable"
+    OVERLOADED = "overloaded"
+    # a bug in agentserver itself (logged as an ERROR with its traceback)
+    INTERNAL = "internal"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+CANNED: dict[ErrorCode, str] = {
+    ErrorCode.MALFORMED: "The message is not well-formed XML.",
+    ErrorCode.TOO_LARGE: "The message is larger than this server accepts.",
+    ErrorCode.FORBIDDEN_DTD: "DTDs and entity declarations are not accepted.",
+    ErrorCode.INVALID_ENVELOPE: "The envelope is not valid.",
+    ErrorCode.FORBIDDEN_SENDER: "That sender name is not allowed.",
+    ErrorCode.NO_ROUTE: "No listener accepts this message.",
+    ErrorCode.INVALID_PAYLOAD: "The payload does not match the listener's schema.",
+    ErrorCode.UNREADABLE_PAYLOAD: "The payload could not be read into its type.",
+    ErrorCode.UNKNOWN_THREAD: "That thread is not known.",
+    ErrorCode.ROUTING: "That destination is not reachable from here.",
+    ErrorCode.HANDLER: "The handler failed.",
+    ErrorCode.TIMEOUT: "The handler did not finish in time.",
+    ErrorCode.WRONG_TYPE: "The handler returned something it may not return.",
+    ErrorCode.HOPS: "The conversation exceeded its hop limit and was ended.",
+    ErrorCode.SHUTDOWN: "The server shut down before the message was handled.",
+    ErrorCode.UNDELIVERABLE: "The recipient is gone.",
+    ErrorCode.OVERLOADED: "The server is overloaded.",
+    ErrorCode.INTERNAL: "The server failed on this message; it has been logged.",
+}
+
+
+def canned(code: str) -> str:
+    """The sentence a sender is told for `code` (a generic one for unknown codes)."""
+    try:
+        return CANNED[ErrorCode(code)]
+    except ValueError:
+        return "Error."

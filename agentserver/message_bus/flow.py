@@ -1,0 +1,178 @@
+"""Flow control: how much work the pump takes in, and when a handler may start.
+
+Two pieces, each owned by one pump:
+
+`Admission`: the bounded external intake, the fair queue of waiting units and the
+admission room. `inject` waits for a place in the intake (a full intake stops the
+server reading sockets); handler output is pushed without waiting, so feedback cannot
+deadlock the pump. `batches()` hands the pipeline what is ready, fair across clients
+and conversations, with at most `room` units between admission and their handler's
+start. An external unit keeps its intake place until its handler starts, so a
+backlog for a slow listener still pushes back on its client. It waits on an event;
+it never polls.
+
+`HandlerSlots`: the global cap (`max_concurrent_handlers`) and each listener's cap.
+A unit that cannot start now is parked, per listener, in a fair queue (round-robin by
+client, then conversation) and started when a slot frees: the pipeline never waits
+for a slot, so refusals, replies and other listeners' units keep flowing while every
+slot is busy, and a listener at its cap holds back nobody else. Pure bookkeeping: the
+caller starts the units it is handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING, AsyncIterator, Hashable
+
+from agentserver.message_bus.message_state import MessageState, Ticket
+from agentserver.message_bus.scheduler import FairScheduler
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.message_bus.counters import Counters, ListenerCounters
+    from agentserver.message_bus.listeners import Routes
+
+__all__ = ["Admission", "HandlerSlots", "PumpClosed", "BATCH"]
+
+BATCH = 64  # most units taken from the queue for one pass through the pipeline
+
+
+class PumpClosed(RuntimeError):
+    """The pump is shutting down and takes no new messages."""
+
+
+class Admission:
+    def __init__(self, *, intake_capacity: int, room: int, depth_first: bool = False) -> None:
+        self.queue: FairScheduler[MessageState] = FairScheduler(depth_first)
+        self.room = room  # units that may be admitted now
+        self.closing = False  # the intake takes nothing more
+        self.stopping = False  # nothing more is admitted; batches() ends once nothing is left
+        self._intake_space = asyncio.Semaphore(intake_capacity)
+        self._work = asyncio.Event()
+
+    async def enter_intake(self) -> None:
+        """Wait for a place in the bounded intake (given back by the unit's intake ticket).
+        Raises PumpClosed once `closing`, also after waiting."""
+        if self.closing:
+            raise PumpClosed("the pump is shutting down")
+        await self._intake_space.acquire()
+        if self.closing:
+            self._intake_space.release()
+            raise PumpClosed("the pump is shutting down")
+
+    def push(self, state: MessageState, outer: Hashable, inner: Hashable = None, *, intake: bool = False) -> None:
+        self.queue.push(outer, state, inner=inner, intake=intake)
+        self._work.set()
+
+    def wake(self) -> None:
+        self._work.set()
+
+    async def batches(self) -> AsyncIterator[list[MessageState]]:
+        """Batches of units in fair order: what is ready, within the admission room.
+
+        Ends when `stopping` is set and nothing is queued."""
+        while True:
+            batch = self._take()
+            while not batch:
+                if self.stopping:
+                    return
+                self._work.clear()  # set again by a push or by a freed admission place
+                await self._work.wait()
+                batch = self._take()
+            yield batch
+
+    def _take(self) -> list[MessageState]:
+        batch: list[MessageState] = []
+        while self.room and len(batch) < BATCH:
+            popped = self.queue.pop()
+            if popped is None:
+                break
+            state, from_intake = popped
+            if from_intake:
+                state.intake_ticket = Ticket(self._intake_space.release)
+            state.ticket = Ticket(self._freed)
+            self.room -= 1
+            batch.append(state)
+        return batch
+
+    def _freed(self) -> None:
+        self.room += 1
+        if self.room == 1:
+            self._work.set()
+
+    def drain(self) -> list[MessageState]:
+        """Everything still queued (shutdown); their intake places are given back."""
+        items = []
+        while (popped := self.queue.pop()) is not None:
+            state, from_intake = popped
+            if from_intake:
+                self._intake_space.release()
+            items.append(state)
+        return items
+
+
+class HandlerSlots:
+    def __init__(self, total: int, routes: "Routes", counters: "Counters", *, depth_first: bool = False) -> None:
+        self.total = total
+        self.busy = 0  # handlers running, all listeners
+        self._cap = {name: listener.concurrency for name, listener in routes.by_name.items()}
+        self._stats: dict[str, ListenerCounters] = {name: counters.listener(name) for name in routes.by_name}
+        self._parked: dict[str, FairScheduler[MessageState]] = {name: FairScheduler(depth_first) for name in self._cap}
+        self._ring: deque[str] = deque()  # listeners with parked units, each once, in turn order
+
+    def take(self, name: str, unit: MessageState, outer: Hashable, inner: Hashable) -> bool:
+        """True: a slot is taken and `unit` may start now. False: `unit` is parked."""
+        stats = self._stats[name]
+        if stats.running < self._cap[name] and self.busy < self.total:
+            stats.running += 1
+            self.busy += 1
+            return True
+        parked = self._parked[name]
+        if not parked:
+            self._ring.append(name)
+        parked.push(outer, unit, inner=inner)
+        stats.waiting += 1
+        return False
+
+    def free(self, name: str) -> list[MessageState]:
+        """A handler of `name` ended: give its slots to parked units, round-robin across
+        listeners; returns the units to start now (their slots are taken)."""
+        self._stats[name].running -= 1
+        self.busy -= 1
+        started: list[MessageState] = []
+        while self.busy < self.total and self._ring:
+            unit = self._next()
+            if unit is None:
+                break
+            started.append(unit)
+        return started
+
+    def _next(self) -> MessageState | None:
+        for _ in range(len(self._ring)):
+            name = self._ring.popleft()
+            parked = self._parked[name]
+            stats = self._stats[name]
+            if stats.running < self._cap[name]:
+                popped = parked.pop()
+                assert popped is not None  # a listener is in the ring only while it has parked units
+                if parked:
+                    self._ring.append(name)
+                stats.waiting -= 1
+                stats.running += 1
+                self.busy += 1
+                return popped[0]
+            self._ring.append(name)
+        return None
+
+    def drain(self) -> list[MessageState]:
+        """Every parked unit (shutdown)."""
+        units: list[MessageState] = []
+        for name, parked in self._parked.items():
+            taken = parked.drain()
+            self._stats[name].waiting -= len(taken)
+            units.extend(taken)
+        self._ring.clear()
+        return units
+
+    def parked(self) -> int:
+        return sum(len(parked) for parked in self._parked.values())

@@ -1,0 +1,98 @@
+"""Starting an organism as a process: the only code that changes process-wide state.
+
+`python -m agentserver run` (cli.py) calls `prepare_process()` and then `serve()`:
+
+- `.env` in the working directory goes into `os.environ` (without overriding what is
+  set), so everything that reads the environment (tokens, API keys) sees it;
+- the working directory goes on `sys.path`, so the import paths in organism.yaml
+  resolve as they do under `python -m` (the installed `agentserver` script has its own
+  directory there instead);
+- SIGINT and SIGTERM start a graceful stop; a repeated signal is then ignored, so it
+  cannot cut the drain short.
+
+Library code (`bootstrap`, `StreamPump`, `Server`) does none of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+from agentserver.config import ConfigError
+from agentserver.limits import is_reserved
+from agentserver.message_bus.bootstrap import bootstrap
+from agentserver.message_bus.stream_pump import StreamPump
+from agentserver.server import Server, ServerError
+
+__all__ = ["prepare_process", "serve", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG"]
+
+log = logging.getLogger("agentserver.server")
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # could not start, or the pump failed while running
+EXIT_CONFIG = 2  # the configuration has problems (printed as FILE:LINE: what)
+
+
+def prepare_process(cwd: str | os.PathLike[str] | None = None) -> None:
+    """Load `.env` into the environment and put the working directory on `sys.path`."""
+    directory = Path(cwd or os.getcwd())
+    load_dotenv(directory / ".env", override=False)
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+
+
+async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | None = None) -> int:
+    """Boot, listen, serve until SIGINT/SIGTERM, drain, exit. Returns the exit code."""
+    try:
+        pump = bootstrap(config_path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    config = pump.config
+    server = Server(pump, socket_path=socket_path or config.socket, tcp=tcp or config.tcp,
+                    token=os.environ.get("AGENTSERVER_TOKEN"))
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with pump:
+            try:
+                where = await server.start()
+            except ServerError as exc:
+                log.error("cannot start: %s", exc)
+                return EXIT_FAILED
+            names = ", ".join(name for name in sorted(pump.routes.by_name) if not is_reserved(name))
+            log.info("organism %s listening on %s (listeners: %s)", config.name, " and ".join(where), names)
+            await _until(stop, pump)
+            log.info("stopping: draining in-flight work (deadline %ss)", config.limits.shutdown_timeout_s)
+            report = await server.stop()
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)  # already stopping: a repeated signal must not kill the exit
+    counters = pump.counters
+    log.info("stopped: accepted=%d handled=%d errored=%d dropped=%d client_frames_dropped=%d",
+             counters.accepted, counters.handled, counters.errored_total, report.dropped, server.frames_dropped)
+    task = pump.task
+    error = task.exception() if task is not None and task.done() and not task.cancelled() else None
+    if error is not None:
+        log.error("the pump failed: %r", error, exc_info=error)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+async def _until(stop: asyncio.Event, pump: StreamPump) -> None:
+    """Wait for a stop signal, or for the pump to end on its own (it failed)."""
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([waiter, *([pump.task] if pump.task else [])], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
