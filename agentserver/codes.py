@@ -34,6 +34,20 @@ class ErrorCode(str, Enum):
     WRONG_TYPE = "wrong-type"
     # the conversation was ended: its root caller hears of it, once
     HOPS = "hops"
+    CONVERSATION_BUDGET = "conversation-budget"
+    CONVERSATION_TIMEOUT = "conversation-timeout"
+    CANCELLED = "cancelled"
+    # the connection itself (the server refuses the frame or closes the connection)
+    BAD_TOKEN = "bad-token"
+    BAD_ARGUMENT = "bad-argument"
+    UNAUTHORIZED = "unauthorized"
+    TOO_MANY_CONNECTIONS = "too-many-connections"
+    HELLO_TIMEOUT = "hello-timeout"
+    FRAME_TIMEOUT = "frame-timeout"
+    IDLE_TIMEOUT = "idle-timeout"
+    ALREADY_NAMED = "already-named"
+    UNKNOWN_VERB = "unknown-verb"
+    UNSUPPORTED_VERSION = "unsupported-version"
     # nobody can be told
     SHUTDOWN = "shutdown"
     UNDELIVERABLE = "undeliverable"
@@ -60,6 +74,19 @@ CANNED: dict[ErrorCode, str] = {
     ErrorCode.TIMEOUT: "The handler did not finish in time.",
     ErrorCode.WRONG_TYPE: "The handler returned something it may not return.",
     ErrorCode.HOPS: "The conversation exceeded its hop limit and was ended.",
+    ErrorCode.CONVERSATION_BUDGET: "The conversation exceeded its budget of units and was ended.",
+    ErrorCode.CONVERSATION_TIMEOUT: "The conversation ran over its deadline and was ended.",
+    ErrorCode.CANCELLED: "The conversation was cancelled.",
+    ErrorCode.BAD_TOKEN: "The token is missing or wrong.",
+    ErrorCode.BAD_ARGUMENT: "An argument of the request is not valid.",
+    ErrorCode.UNAUTHORIZED: "Authenticate first: the first frame must be a hello with the token.",
+    ErrorCode.TOO_MANY_CONNECTIONS: "The server has as many connections as it takes.",
+    ErrorCode.HELLO_TIMEOUT: "No hello arrived in time.",
+    ErrorCode.FRAME_TIMEOUT: "A frame was started but not finished in time.",
+    ErrorCode.IDLE_TIMEOUT: "The connection was idle for too long.",
+    ErrorCode.ALREADY_NAMED: "This connection already has a name.",
+    ErrorCode.UNKNOWN_VERB: "Unknown control request.",
+    ErrorCode.UNSUPPORTED_VERSION: "No protocol version in common with the server.",
     ErrorCode.SHUTDOWN: "The server shut down before the message was handled.",
     ErrorCode.UNDELIVERABLE: "The recipient is gone.",
     ErrorCode.OVERLOADED: "The server is overloaded.",

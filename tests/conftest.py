@@ -1,5 +1,12 @@
 """Fixtures: a fresh probe per test, and `start`, which runs pumps and checks them after.
 
+Test kinds: plain tests (units and in-process pumps) form the fast default run;
+`@pytest.mark.subprocess` tests start servers or CLI processes and `@pytest.mark.slow`
+ones are soak and bench runs. A bare `pytest` runs the fast ones only and says how many
+it left out; `pytest --all` (the README's test command, and so CI) runs everything.
+Naming files or `-m` on the command line selects as usual. Each kind has its own
+timeout (a hang guard, never a measurement): `TIMEOUTS`.
+
 Every pump started through `start` is shut down at the end of the test (unless the
 test did it) and must then satisfy the counters invariant: accepted == handled +
 errored + in_flight with in_flight == 0, every listener at rest, and (for pumps the
@@ -14,6 +21,32 @@ import contextlib
 import pytest
 
 from tests.organisms import PROBE
+
+TIMEOUTS = {"slow": 900, "subprocess": 240}  # seconds per test; plain tests: pyproject's timeout
+DEFERRED = ("slow", "subprocess")  # left out of a bare `pytest`
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--all", action="store_true", help="also run the subprocess and slow (soak, bench) tests")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for kind, seconds in TIMEOUTS.items():
+            if item.get_closest_marker(kind) is not None and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(seconds))
+    plain_run = config.args_source == pytest.Config.ArgsSource.TESTPATHS and not config.getoption("markexpr")
+    if config.getoption("--all") or not plain_run:
+        return
+    deferred = [item for item in items if any(item.get_closest_marker(kind) for kind in DEFERRED)]
+    if deferred:
+        items[:] = [item for item in items if item not in deferred]
+        config.hook.pytest_deselected(items=deferred)
+        config._deferred_count = len(deferred)  # type: ignore[attr-defined]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return "fast run: subprocess and slow tests are left out unless --all" if not config.getoption("--all") else "full run (--all)"
 from tests.support import HANG_GUARD, assert_counters, make_pump
 
 

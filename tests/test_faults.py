@@ -178,6 +178,7 @@ def status_when_idle(client_status, timeout: float = HANG_GUARD):
     return wait()
 
 
+@pytest.mark.subprocess
 def test_a_client_vanishing_mid_ask_leaves_the_server_serving_others():
     with RunningServer(config_text()) as server:
         path = str(server.socket_path)
@@ -208,6 +209,7 @@ def test_a_client_vanishing_mid_ask_leaves_the_server_serving_others():
     assert server.returncode == 0
 
 
+@pytest.mark.subprocess
 def test_sigterm_under_load_drains_and_reports_balanced_counters():
     with RunningServer(config_text()) as server:
         path = str(server.socket_path)

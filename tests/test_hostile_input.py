@@ -26,6 +26,8 @@ from agentserver.codes import CANNED
 from tests.hostile_corpus import CASES, Target, envelope
 from tests.server_harness import RunningServer, cli, config_text
 
+pytestmark = pytest.mark.subprocess  # every test here runs against a real server process
+
 MAX_BYTES = 300_000  # big enough for the quadratic-blowup frame to reach the parser
 GUARD = 30.0  # hang guard only
 

@@ -16,6 +16,8 @@ from agentserver.client import ControlError, connect
 from agentserver.envelope import build_envelope
 from tests.server_harness import RunningServer, cli, config_text, free_port
 
+pytestmark = pytest.mark.subprocess  # every test here runs a real server or CLI process
+
 
 @pytest.fixture
 def server():
