@@ -50,6 +50,7 @@ class OrganismConfig:
     max_concurrent_pipelines: int = 50
     max_concurrent_handlers: int = 20
     max_concurrent_per_agent: int = 5
+    max_concurrent_per_listener: int = 10  # plain (non-agent) listeners: one hung listener cannot take every slot
     limits: Limits = field(default_factory=Limits)
     listeners: list[ListenerConfig] = field(default_factory=list)
     path: str = "<memory>"
@@ -57,7 +58,7 @@ class OrganismConfig:
 
 
 _TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
-             "max_concurrent_per_agent", "limits", "listeners"}
+             "max_concurrent_per_agent", "max_concurrent_per_listener", "limits", "listeners"}
 _ORGANISM_KEYS = {"name", "socket", "tcp"}
 _LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency"}
 
@@ -190,7 +191,7 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
             check.problem(node, f"thread_scheduling must be breadth-first or depth-first, not {value!r}")
         elif value is not None:
             config.thread_scheduling = value
-    for key in ("max_concurrent_pipelines", "max_concurrent_handlers", "max_concurrent_per_agent"):
+    for key in ("max_concurrent_pipelines", "max_concurrent_handlers", "max_concurrent_per_agent", "max_concurrent_per_listener"):
         if key in top:
             value = check.scalar(top[key][1], key, int, positive=True)
             if value is not None:

@@ -32,11 +32,11 @@ class Limits:
     context_threads: int = 10_000  # threads with history kept
     thread_idle_s: float = 3600.0  # a conversation untouched this long is forgotten
     dead_letters: int = 1000
-    max_fanout: int = 10_000  # payloads one handler call may emit
+    max_fanout: int = 1_000  # payloads one handler call may emit (at most max_conversation_in_flight)
     client_outbox: int = 1000  # frames queued for a slow client before dropping
     shutdown_timeout_s: float = 10.0
     # what one frame may hold (checked before C14N and schema validation, which are superlinear)
-    max_elements: int = 20_000
+    max_elements: int = 100_000
     max_attributes: int = 2_000  # in the whole frame
     max_namespace_declarations: int = 100
     # what one conversation may spend

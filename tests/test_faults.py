@@ -105,7 +105,8 @@ async def test_a_handler_returning_a_wrong_type_answers_the_caller_and_sends_not
 
 
 async def test_ten_thousand_payloads_at_once_are_all_delivered_within_the_hop_limit(start):
-    pump, client = await faulty_pump(start, max_thread_hops=20_000)
+    # a fan-out of 10,000 needs room in the conversation's budget (default 1,000 in flight)
+    pump, client = await faulty_pump(start, max_thread_hops=20_000, max_fanout=10_000, max_conversation_in_flight=20_000)
     frames = await client.send("<Burst><Count>10000</Count></Burst>", to="burst")
     assert frames == []  # the crumbs end their branches; nothing comes back
     crumbs = pump.counters.listener("crumbs")
@@ -115,7 +116,8 @@ async def test_ten_thousand_payloads_at_once_are_all_delivered_within_the_hop_li
 
 
 async def test_ten_thousand_payloads_past_the_hop_limit_end_the_conversation_once(start):
-    pump, client = await faulty_pump(start)  # default max_thread_hops: 1000
+    # default max_thread_hops: 1000; the fan-out's own limits are set out of the way
+    pump, client = await faulty_pump(start, max_fanout=10_000, max_conversation_in_flight=20_000)
     frames = await client.send("<Burst><Count>10000</Count></Burst>", to="burst")
     assert system_error_codes(frames) == ["hops"] and len(frames) == 1  # told once, not 9,001 times
     crumbs = pump.counters.listener("crumbs")

@@ -1,5 +1,8 @@
 """Safe parsing: no DTDs or entities, size checked first, UTF-8 only; leaves are text until asked."""
 
+import asyncio
+import time
+
 import pytest
 from lxml import etree
 
@@ -75,3 +78,68 @@ async def test_the_pump_refuses_hostile_input_with_a_huh_and_carries_on(start):
         reply = await client.ask(Echo(text="fine"), to="echo", timeout=HANG_GUARD)
     assert reply.payload.text == "fine" and PROBE.counts["echo"] == 1
     assert all(b"root:" not in letter.raw for letter in pump.dead_letters.recent())
+
+
+# ---------------------------------------------------------------------- counts (DESIGN §10)
+def _frame(payload: str) -> bytes:
+    return (f'<env:message xmlns:env="https://xml-pipeline.org/ns/envelope/v1"><env:meta><env:from>c</env:from>'
+            f'<env:thread>00000000-0000-0000-0000-000000000001</env:thread></env:meta>{payload}</env:message>').encode()
+
+
+LIMITED = dict(max_elements=1_000, max_attributes=100, max_namespace_declarations=10)
+
+
+@pytest.mark.parametrize("payload, what", [
+    ("<Echo " + " ".join(f'a{i}="x"' for i in range(101)) + "><Text>hi</Text></Echo>", "101 attributes"),
+    ("<Echo>" + "<x/>" * 1_000 + "</Echo>", "elements"),
+    ("<Echo " + " ".join(f'xmlns:p{i}="urn:{i}"' for i in range(11)) + "><Text>hi</Text></Echo>", "namespace declarations"),
+])
+def test_more_than_the_counts_allow_is_too_large_before_anything_superlinear(payload, what):
+    with pytest.raises(UnsafeXml) as refused:
+        SafeXml(**LIMITED).parse(_frame(payload))
+    assert refused.value.code == "too-large" and what in str(refused.value)
+
+
+def test_the_words_in_text_do_not_count_as_declarations_or_attributes():
+    text = "xmlns a=b " * 50  # 50 'xmlns' and 50 '=' in text, no declaration, no attribute
+    root = SafeXml(**LIMITED).parse(_frame(f"<Echo><Text>{text}</Text></Echo>"))
+    assert next(root[1].iterchildren()).text == text
+
+
+def test_the_counts_hold_for_repaired_and_fragment_input_too():
+    xml = SafeXml(**LIMITED)
+    many = "<Echo " + " ".join(f'a{i}="x"' for i in range(101)) + "><Text>hi</Echo>"  # needs repair, too
+    with pytest.raises(UnsafeXml):
+        xml.recover(_frame(many))
+    with pytest.raises(UnsafeXml):
+        xml.fragment("<Echo>" + "<x/>" * 1_000 + "</Echo>")
+
+
+@pytest.mark.parametrize("kind", ["attributes", "namespaces-used-by-attributes", "elements"])
+async def test_any_frame_is_refused_in_well_under_a_second_and_others_are_served(start, kind):
+    # before: 40,000 attributes took 34.5 s of the server's only thread; 80,000 never ended
+    from tests.organisms import Echo
+    from tests.support import HANG_GUARD, listener, organism
+
+    n = 80_000
+    if kind == "attributes":
+        payload = "<Echo " + " ".join(f'a{i}="x"' for i in range(n)) + "><Text>hi</Text></Echo>"
+    elif kind == "elements":
+        payload = "<Echo><Text>hi</Text>" + "<x/>" * 200_000 + "</Echo>"
+    else:
+        n = 20_000
+        payload = ("<Echo " + " ".join(f'xmlns:p{i}="urn:x{i}"' for i in range(n)) + " "
+                   + " ".join(f'p{i}:a="1"' for i in range(n)) + "><Text>hi</Text></Echo>")
+    raw = _frame(payload).replace(b"<env:from>c</env:from>", b"<env:from>hostile</env:from>")
+    assert len(raw) < 1 << 20  # under the size limit: only the counts refuse it
+    pump = await start(organism(listener("echo", "Echo", "echo")))
+    async with pump.client("hostile") as hostile, pump.client("bystander") as bystander:
+        started = time.monotonic()
+        await pump.inject(raw, from_id="hostile")
+        reply = await bystander.ask(Echo(text="hi"), to="echo", timeout=HANG_GUARD)
+        bystander_waited = time.monotonic() - started
+        frame = await asyncio.wait_for(hostile.receive(), HANG_GUARD)
+        refused_after = time.monotonic() - started
+    assert (frame.kind, frame.code) == ("huh", "too-large")
+    assert reply.payload.text == "hi"
+    assert refused_after < 5.0 and bystander_waited < 2.0, (refused_after, bystander_waited)

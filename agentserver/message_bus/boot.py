@@ -35,4 +35,4 @@ def boot_message(ctx: PipelineContext, threads: ThreadStore, organism: str) -> M
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         listener_count=sum(1 for listener in ctx.routes.by_name.values() if not listener.system),
     )
-    return system_message(ctx, boot, to=None, thread=threads.open("system"))
+    return system_message(ctx, boot, to=None, thread=threads.open("system", now=ctx.clock()))

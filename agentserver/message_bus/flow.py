@@ -4,8 +4,9 @@ Two pieces, each owned by one pump:
 
 `Admission`: the bounded external intake, the fair queue of waiting units and the
 admission room. `inject` waits for a place in the intake (a full intake stops the
-server reading sockets); handler output is pushed without waiting, so feedback cannot
-deadlock the pump. `batches()` hands the pipeline what is ready, fair across clients
+server reading sockets), and waiting senders get places round-robin (`FairSemaphore`),
+so one client with thousands of sends in flight cannot queue ahead of everyone else;
+handler output is pushed without waiting, so feedback cannot deadlock the pump. `batches()` hands the pipeline what is ready, fair across clients
 and conversations, with at most `room` units between admission and their handler's
 start. An external unit keeps its intake place until its handler starts, so a
 backlog for a slow listener still pushes back on its client. It waits on an event;
@@ -31,8 +32,9 @@ from agentserver.message_bus.scheduler import FairScheduler
 if TYPE_CHECKING:  # pragma: no cover
     from agentserver.message_bus.counters import Counters, ListenerCounters
     from agentserver.message_bus.listeners import Routes
+    from agentserver.message_bus.thread_registry import Conversation
 
-__all__ = ["Admission", "HandlerSlots", "PumpClosed", "BATCH"]
+__all__ = ["Admission", "HandlerSlots", "FairSemaphore", "PumpClosed", "BATCH"]
 
 BATCH = 64  # most units taken from the queue for one pass through the pipeline
 
@@ -41,21 +43,71 @@ class PumpClosed(RuntimeError):
     """The pump is shutting down and takes no new messages."""
 
 
+class FairSemaphore:
+    """A semaphore whose waiters are served round-robin by key, FIFO within a key."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+        self._waiting: dict[Hashable, deque[asyncio.Future[None]]] = {}
+        self._ring: deque[Hashable] = deque()
+
+    async def acquire(self, key: Hashable) -> None:
+        if self.value > 0 and not self._ring:
+            self.value -= 1
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiting.get(key)
+        if queue is None:
+            queue = self._waiting[key] = deque()
+            self._ring.append(key)
+        queue.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():  # granted as it was cancelled: pass it on
+                self.release()
+            else:
+                self._forget(key, future)
+            raise
+
+    def release(self) -> None:
+        while self._ring:
+            key = self._ring.popleft()
+            queue = self._waiting[key]
+            future = queue.popleft()
+            if queue:
+                self._ring.append(key)
+            else:
+                del self._waiting[key]
+            if not future.done():
+                future.set_result(None)  # the place goes straight to this waiter
+                return
+        self.value += 1
+
+    def _forget(self, key: Hashable, future: asyncio.Future[None]) -> None:
+        queue = self._waiting.get(key)
+        if queue is not None and future in queue:
+            queue.remove(future)
+            if not queue:
+                del self._waiting[key]
+                self._ring.remove(key)
+
+
 class Admission:
     def __init__(self, *, intake_capacity: int, room: int, depth_first: bool = False) -> None:
         self.queue: FairScheduler[MessageState] = FairScheduler(depth_first)
         self.room = room  # units that may be admitted now
         self.closing = False  # the intake takes nothing more
         self.stopping = False  # nothing more is admitted; batches() ends once nothing is left
-        self._intake_space = asyncio.Semaphore(intake_capacity)
+        self._intake_space = FairSemaphore(intake_capacity)
         self._work = asyncio.Event()
 
-    async def enter_intake(self) -> None:
-        """Wait for a place in the bounded intake (given back by the unit's intake ticket).
-        Raises PumpClosed once `closing`, also after waiting."""
+    async def enter_intake(self, sender: Hashable) -> None:
+        """Wait for a place in the bounded intake (given back by the unit's intake ticket);
+        waiting senders are served round-robin. Raises PumpClosed once `closing`."""
         if self.closing:
             raise PumpClosed("the pump is shutting down")
-        await self._intake_space.acquire()
+        await self._intake_space.acquire(sender)
         if self.closing:
             self._intake_space.release()
             raise PumpClosed("the pump is shutting down")
@@ -163,6 +215,24 @@ class HandlerSlots:
                 return popped[0]
             self._ring.append(name)
         return None
+
+    def take_out(self, conversation: "Conversation") -> list[MessageState]:
+        """Remove and return the parked units of `conversation` (it was ended)."""
+        taken: list[MessageState] = []
+        for name, parked in self._parked.items():
+            if not parked:
+                continue
+            units = parked.drain()
+            for unit in units:
+                if unit.conversation is conversation:
+                    taken.append(unit)
+                else:
+                    parked.push(unit.conversation.lane if unit.conversation else None, unit,
+                                inner=unit.conversation.id if unit.conversation else None)
+            self._stats[name].waiting -= len(units) - len(parked)
+            if not parked:
+                self._ring = deque(n for n in self._ring if n != name)
+        return taken
 
     def drain(self) -> list[MessageState]:
         """Every parked unit (shutdown)."""

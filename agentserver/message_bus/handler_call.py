@@ -1,30 +1,43 @@
 """Calling one handler: what it is told, its deadline, and what its return value becomes.
 
 `call_handler` runs a listener's handler on one delivered message and gives back
-either the `Responses` its return value becomes (new units and todo operations) or
-the `StepError` that ends the unit:
+either the units its return value becomes (its todo operations are applied to the
+thread's watchers on the way) or the `StepError` that ends the unit:
 
 - `timeout`: it ran over `handler_timeout_s` (the pump's shared `Deadlines` timer
   cancelled it; any other cancellation, such as shutdown, propagates);
 - `wrong-type`: it returned something it may not return;
 - `handler`: it raised (the exception rides along, logged with its traceback).
 
-`metadata_for` is the `HandlerMetadata` of a delivery.
+`metadata_for` is the `HandlerMetadata` of a delivery. `HandlerTasks` holds the
+running handlers: one task each in a task group that `run()` enters (`async with
+pump.handlers`), with the unit it handles, so the pump can cancel a conversation's
+handlers, or all of them, in one place; with them, the handlers' shared deadline
+timer and the loop-lag watchdog (watchdog.py) that names a handler blocking the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+from typing import TYPE_CHECKING, Any, Coroutine, cast
 
 from agentserver.codes import ErrorCode
 from agentserver.message_bus.deadlines import Deadlines
 from agentserver.message_bus.message_state import Delivery, HandlerMetadata, MessageState, StepError
 from agentserver.message_bus.outcomes import HANDLER_STEP
 from agentserver.message_bus.pipeline_context import PipelineContext
-from agentserver.message_bus.responses import Responses, WrongType, build_responses
+from agentserver.message_bus.responses import WrongType, build_responses
 from agentserver.message_bus.stores import Stores
 
-__all__ = ["call_handler", "metadata_for"]
+from agentserver.message_bus.watchdog import LoopWatchdog
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.limits import Limits
+    from agentserver.message_bus.listeners import Routes
+    from agentserver.message_bus.thread_registry import Conversation
+
+__all__ = ["call_handler", "metadata_for", "HandlerTasks"]
 
 
 def metadata_for(state: MessageState, route: Delivery, stores: Stores) -> HandlerMetadata:
@@ -43,7 +56,7 @@ def metadata_for(state: MessageState, route: Delivery, stores: Stores) -> Handle
 
 
 async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx: PipelineContext,
-                       deadlines: Deadlines) -> Responses | StepError:
+                       deadlines: Deadlines) -> list[MessageState] | StepError:
     """Run the handler of `route` on `state` under its deadline (see the module docstring)."""
     listener = route.listener
     task = asyncio.current_task()
@@ -51,7 +64,7 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
     key = deadlines.watch(task)
     try:
         result = await listener.handler(state.payload, metadata_for(state, route, stores))
-        return build_responses(result, sender=listener.name, thread=route.thread, ctx=ctx)
+        responses = build_responses(result, sender=listener.name, thread=route.thread, ctx=ctx)
     except asyncio.CancelledError:
         if not deadlines.claim(task):
             raise
@@ -63,3 +76,65 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
         return StepError(ErrorCode.HANDLER, f"{listener.name} raised {type(exc).__name__}: {exc}", HANDLER_STEP, exc)
     finally:
         deadlines.unwatch(task, key)
+    for todo in responses.todos:
+        stores.todos.apply(todo, listener.name, route.thread.id)
+    return responses.states
+
+
+class HandlerTasks:
+    """The running handler tasks and their units, in a task group entered by `run()`."""
+
+    def __init__(self, limits: "Limits", routes: "Routes") -> None:
+        self.deadlines = Deadlines(limits.handler_timeout_s)  # one timer for every running handler
+        self.watchdog = LoopWatchdog(limits.loop_lag_warning_s, {
+            listener.handler.__code__: name for name, listener in routes.by_name.items() if hasattr(listener.handler, "__code__")})
+        self.group: asyncio.TaskGroup | None = None  # set while run() runs
+        self._running: dict[asyncio.Task[None], MessageState] = {}
+        self.lost: list[MessageState] = []  # units whose task was cancelled before it began
+
+    async def __aenter__(self) -> "HandlerTasks":
+        if self.group is not None:
+            raise RuntimeError("this pump is already running, or has run")
+        self.group = asyncio.TaskGroup()
+        await self.group.__aenter__()
+        self.watchdog.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self.watchdog.stop()
+        self.deadlines.close()
+        assert self.group is not None
+        await self.group.__aexit__(*exc_info)
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, state: MessageState, handling: Coroutine[None, None, None], name: str) -> None:
+        assert self.group is not None, "handlers start only while the pump runs"
+        task = self.group.create_task(handling, name=name)
+        self._running[task] = state
+        task.add_done_callback(self._done)
+
+    def _done(self, task: "asyncio.Task[None]") -> None:
+        state = self._running.pop(task)
+        if not state.settled:  # cancelled before it began (run() itself was cancelled): the pump ends it
+            self.lost.append(state)
+
+    def cancel(self, conversation: "Conversation | None" = None) -> None:
+        """Cancel the handlers of `conversation`, or all (never the calling task itself).
+
+        A task that has not begun is left to begin: a cancelled task that never ran would
+        never end its unit. Its handling sees the conversation ended (or the pump
+        stopping) before it calls the handler, and ends the unit itself."""
+        current = asyncio.current_task()
+        for task, state in self._running.items():
+            if (conversation is None or state.conversation is conversation) and task is not current \
+                    and inspect.getcoroutinestate(cast(Coroutine[Any, Any, None], task.get_coro())) != inspect.CORO_CREATED:
+                task.cancel()
+
+    async def wait(self, timeout: float) -> list[MessageState]:
+        """Wait up to `timeout` for the handlers to end; the units of those still running
+        (they ignored their cancellation) are returned."""
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=timeout)
+        return list(self._running.values())

@@ -157,8 +157,8 @@ class Routes:
             concurrency = spec.concurrency
         elif spec.agent:
             concurrency = config.max_concurrent_per_agent
-        else:
-            concurrency = config.max_concurrent_handlers
+        else:  # a plain listener: its own cap, so one that hangs cannot take every handler slot
+            concurrency = min(config.max_concurrent_per_listener, config.max_concurrent_handlers)
         return Listener(
             name=spec.name,
             payload_type=self.payload_types.add(spec.payload_class),

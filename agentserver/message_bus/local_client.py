@@ -26,6 +26,7 @@ class _Pump(Protocol):
 
     def attach(self, name: str, mailbox: Mailbox) -> Session: ...
     def detach(self, session: Session) -> None: ...
+    def cancel(self, session: Session, thread_id: str) -> bool: ...
     async def inject(self, raw: bytes, *, session: Session | None = None, from_id: str | None = None,
                      thread_id: str | None = None) -> None: ...
 
@@ -47,6 +48,11 @@ class LocalClient(ExternalSender):
         if self.session is not None:
             self.pump.detach(self.session)
         self._closed(ConnectionError(f"client {self.name!r} closed"))
+
+    async def cancel(self, thread_id: str) -> bool:
+        """Cancel this client's conversation `thread_id`: its handlers stop and a SystemError
+        `cancelled` arrives on that thread. False if it is not open (any more)."""
+        return self.session is not None and self.pump.cancel(self.session, thread_id)
 
     async def _transmit(self, raw: bytes, thread_id: str) -> None:
         await self.pump.inject(raw, session=self.session, thread_id=thread_id)

@@ -9,7 +9,8 @@ Who hears is one table, `NOTIFY`, read by the pure `decide()`:
 | invalid-payload, routing, ...) and `internal`  | a SystemError for a listener                 |
 | `handler`, `timeout`, `wrong-type` (and        | the caller of the failed branch              |
 | `internal` in a handler's call)               |                                              |
-| `hops`                                        | the conversation's root caller, once         |
+| `hops`, `conversation-budget`,                | the conversation's root caller, once         |
+| `conversation-timeout`, `cancelled`           |                                              |
 | `shutdown`, `undeliverable`, `overloaded`      | nobody                                       |
 | anything about an error report                | nobody (no error loops), except the above    |
 
@@ -71,10 +72,16 @@ NOTIFY: dict[ErrorCode, Notify] = {
     E.TIMEOUT: Notify.CALLER,
     E.WRONG_TYPE: Notify.CALLER,
     E.HOPS: Notify.ROOT,
+    E.CONVERSATION_BUDGET: Notify.ROOT,
+    E.CONVERSATION_TIMEOUT: Notify.ROOT,
+    E.CANCELLED: Notify.ROOT,
     E.SHUTDOWN: Notify.NOBODY,
     E.UNDELIVERABLE: Notify.NOBODY,
     E.OVERLOADED: Notify.NOBODY,
 }
+# codes only the server's connection layer uses; a unit in the pump never fails with them
+CONNECTION_CODES = frozenset({E.BAD_TOKEN, E.BAD_ARGUMENT, E.UNAUTHORIZED, E.TOO_MANY_CONNECTIONS, E.HELLO_TIMEOUT,
+                              E.FRAME_TIMEOUT, E.IDLE_TIMEOUT, E.ALREADY_NAMED, E.UNKNOWN_VERB, E.UNSUPPORTED_VERSION})
 HANDLER_STEP = "handler"  # the step name of failures in or around a handler's call
 
 
@@ -86,7 +93,7 @@ class Outcome:
 
 def decide(code: ErrorCode, step: str, *, is_error_report: bool, root_told: bool) -> Outcome:
     """Who hears of a failure `code` raised in `step`, and how loudly it is logged."""
-    notify = NOTIFY[code]
+    notify = NOTIFY.get(code, Notify.SENDER)
     if code is E.INTERNAL:
         return Outcome(Notify.CALLER if step == HANDLER_STEP else notify, logging.ERROR)
     if notify is Notify.ROOT:  # told once per conversation, even about an error report
@@ -146,11 +153,17 @@ class Reporter:
         elif outcome.notify is Notify.CALLER:
             self._tell_caller(state, error.code)
         elif outcome.notify is Notify.ROOT and conversation is not None:
-            conversation.told = True
-            if conversation.external_id is not None:
-                self._tell_client(conversation, error.code)
+            self.tell_root(conversation, error.code)
 
     # -- the notices ------------------------------------------------------------------
+    def tell_root(self, conversation: "Conversation", code: ErrorCode) -> None:
+        """Tell the client at the root of `conversation` that it ended (`code`), once."""
+        if conversation.told:
+            return
+        conversation.told = True
+        if conversation.external_id is not None:
+            self._tell_client(conversation, code)
+
     def _tell_sender(self, state: MessageState, code: ErrorCode) -> None:
         kind = state.origin.kind
         if kind is OriginKind.EXTERNAL:

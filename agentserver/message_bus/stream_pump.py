@@ -7,18 +7,16 @@
                       └──── _push(): handler output, system messages ◄──────────────┘
 
 1. `inject` (external senders) waits for a place in the bounded intake; `_push`
-   (handler output, system messages) never waits, so handlers cannot deadlock on
-   their own output. Both queue units fairly, by client and conversation (flow.py).
-2. `run` drives the pipeline (pipeline.py: repair, c14n, envelope validation, payload
-   extraction, thread assignment, XSD validation, deserialization, routing) over the
-   batches Admission hands out. Errors ride along in the state.
-3. `_dispatch` ends errored units, hands replies to the client's session, and gives a
-   delivery to its handler now or parks it until a slot frees (the pipeline never
-   waits for a handler slot).
-4. `_handle` calls the handler (handler_call.py: deadline, return value -> units)
-   and sends what it returned back to step 1.
-5. Every unit ends exactly once: `_settle` (handled) or `_fail` (outcomes.py counts,
-   logs, records and tells whoever should hear). A finished conversation is forgotten.
+   (handler output) never waits, so handlers cannot deadlock on their own output.
+   Both queue units fairly, by client and conversation (flow.py).
+2. `run` drives the pipeline (pipeline.py) over the batches Admission hands out.
+   Errors ride along in the state.
+3. `_dispatch` ends errored units, hands replies to the client's session, and starts
+   a delivery's handler or parks it until a slot frees (the pipeline never waits).
+4. `_handle` calls the handler (handler_call.py) and sends its output to step 1.
+5. Every unit ends exactly once: `_settle` or `_fail` (outcomes.py tells whoever
+   should hear). A finished conversation is forgotten; one over its budget, past its
+   deadline or cancelled is ended (conversations.py).
 
 Use it as `async with StreamPump(config) as pump:`; leaving the block shuts it down.
 """
@@ -36,11 +34,11 @@ from agentserver.config import OrganismConfig
 from agentserver.envelope import load_envelope_schema
 from agentserver.limits import is_reserved
 from agentserver.message_bus.boot import boot_listener, boot_message
+from agentserver.message_bus.conversations import ConversationGuard
 from agentserver.message_bus.counters import Counters
 from agentserver.message_bus.dead_letters import DeadLetters
-from agentserver.message_bus.deadlines import Deadlines
-from agentserver.message_bus.flow import Admission, HandlerSlots, PumpClosed  # noqa: F401 - PumpClosed: re-exported
-from agentserver.message_bus.handler_call import call_handler
+from agentserver.message_bus.flow import Admission, HandlerSlots, PumpClosed
+from agentserver.message_bus.handler_call import HandlerTasks, call_handler
 from agentserver.message_bus.listeners import Routes
 from agentserver.message_bus.local_client import LocalClient
 from agentserver.message_bus.mailboxes import Mailbox, Mailboxes, Session
@@ -72,18 +70,18 @@ class StreamPump:
         self.dead_letters = DeadLetters(limits.dead_letters)
         self.routes = Routes.from_config(config)
         self.routes.add(boot_listener(self.routes))
-        self.ctx = PipelineContext(xml=SafeXml(limits.max_message_bytes), envelope_schema=load_envelope_schema(),
+        self.ctx = PipelineContext(xml=SafeXml.for_limits(limits), envelope_schema=load_envelope_schema(),
                                    routes=self.routes, threads=self.stores.threads, limits=limits, clock=clock)
         self.pipeline = Pipeline(self.ctx, on_extra=self._accept)
         depth_first = config.thread_scheduling == "depth-first"
         self.admission = Admission(intake_capacity=limits.intake_capacity, room=config.max_concurrent_pipelines,
                                    depth_first=depth_first)
         self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first=depth_first)
+        self.handlers = HandlerTasks(limits, self.routes)
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
         self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, push=self._push)
-        self._deadlines = Deadlines(limits.handler_timeout_s)
-        self._group: asyncio.TaskGroup | None = None  # owns the handler tasks while run() runs
-        self._handlers: dict[asyncio.Task[None], MessageState] = {}  # running handlers and their units
+        self.guard = ConversationGuard(limits, self.stores, self.reporter, self.slots, self.handlers, self._fail,
+                                       clock=lambda: self.ctx.clock())
         self._idle = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
         self._report: ShutdownReport | None = None
@@ -99,35 +97,38 @@ class StreamPump:
     # ------------------------------------------------------------------ 1. intake
     async def inject(self, raw: bytes, *, session: Session | None = None, from_id: str | None = None,
                      thread_id: str | None = None) -> None:
-        """Queue one envelope from an external sender (`session`, or the one attached as
-        `from_id`); waits while the intake is full. `thread_id` is the thread a `<huh>`
-        carries if the bytes are refused before their `<thread>` could be read."""
-        await self.admission.enter_intake()
+        """Queue one envelope from `session` (or the one attached as `from_id`); waits while
+        the intake is full. A `<huh>` for bytes without a readable thread carries `thread_id`."""
         session = session or self.mailboxes.named(from_id)
         name = session.name if session is not None else from_id
+        await self.admission.enter_intake(session or name)
         state = MessageState(raw=bytes(raw), origin=Origin.external(name), session=session, thread_hint=thread_id)
         self._accept(state)
         self.admission.push(state, session or name, intake=True)
 
     def _push(self, state: MessageState) -> None:
-        """Queue a unit the pump built (handler output, system messages). Never waits."""
+        """Queue a unit the pump built (handler output, system messages). Never waits, but
+        a conversation over its budget of units is ended here, where its output arrives."""
         self._accept(state)
+        conversation = state.conversation
+        assert conversation is not None  # built on a thread, so bound to its conversation
+        over = self.guard.over_budget(conversation)
         if self.admission.stopping:
             self._fail(state, E.SHUTDOWN, "sent during shutdown")
-            return
-        assert state.conversation is not None  # built on a thread, so bound to its conversation
-        self.admission.push(state, state.conversation.lane, state.conversation.id)
+        elif over:
+            self._fail(state, E.CONVERSATION_BUDGET, over)
+            self.guard.end(conversation, E.CONVERSATION_BUDGET)
+        else:
+            self.admission.push(state, conversation.lane, conversation.id)
 
     # ------------------------------------------------------------------ 2. the pipeline
     async def run(self) -> None:
         """Move messages until `shutdown()` (`async with pump:` runs this)."""
-        if self._group is not None or self._report is not None:
-            raise RuntimeError("this pump is already running, or has run")
         self._run_task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.TaskGroup() as group:
-                self._group = group
+            async with self.handlers:  # the handler tasks' group, their deadlines, the loop-lag watchdog
+                self.guard.tick()  # conversation deadlines, idle conversations: once a second from now on
                 async with self.pipeline.stream(self.admission.batches()).stream() as batches:
                     slice_end = loop.time() + SLICE_S
                     async for batch in batches:
@@ -138,15 +139,17 @@ class StreamPump:
                             slice_end = loop.time() + SLICE_S
         finally:
             self._stop()  # cancelled from outside, or a bug: still, every unit ends once
-            self._deadlines.close()
 
     # ------------------------------------------------------------------ 3. dispatch
     def _dispatch(self, state: MessageState) -> None:
         route = state.route
+        ended = state.conversation.ended if state.conversation is not None else None
         if state.error is not None:
             self._fail(state)
         elif self.admission.stopping:
             self._fail(state, E.SHUTDOWN, "not started before shutdown")
+        elif ended is not None:
+            self._fail(state, ended, f"the conversation was ended ({ended})")
         elif isinstance(route, ToClient):
             self._reply(state, route)
         else:
@@ -161,12 +164,10 @@ class StreamPump:
     def _start(self, state: MessageState) -> None:
         """Run the handler in a task of the pump's task group (a slot is taken for it)."""
         route = state.route
-        assert self._group is not None and isinstance(route, Delivery)
+        assert isinstance(route, Delivery)
         state.leave_intake()  # from here on the handler caps bound it
         self.counters.listener(route.listener.name).delivered += 1
-        task = self._group.create_task(self._handle(state, route), name=f"handler:{route.listener.name}")
-        self._handlers[task] = state
-        task.add_done_callback(self._handlers.pop)
+        self.handlers.start(state, self._handle(state, route), name=f"handler:{route.listener.name}")
 
     def _reply(self, state: MessageState, route: ToClient) -> None:
         session = route.thread.conversation.session
@@ -182,20 +183,23 @@ class StreamPump:
         listener = route.listener
         ok = False
         try:
-            outcome = await call_handler(state, route, self.stores, self.ctx, self._deadlines)
+            stop = route.thread.conversation.ended or (E.SHUTDOWN if self.admission.stopping else None)
+            outcome = (StepError(stop, f"{listener.name} not called: {stop}", "handler") if stop
+                       else await call_handler(state, route, self.stores, self.ctx, self.handlers.deadlines))
             if isinstance(outcome, StepError):
                 state.error = outcome
                 self._fail(state)
             else:
-                for todo in outcome.todos:
-                    self.stores.todos.apply(todo, listener.name, route.thread.id)
-                for response in outcome.states:
+                for response in outcome:
                     self._push(response)
                 ok = True
                 self._settle(state)
         except asyncio.CancelledError:
-            self._fail(state, E.SHUTDOWN, f"{listener.name} cancelled by shutdown")
-            raise
+            ended = route.thread.conversation.ended  # cancelled because its conversation ended, or by shutdown
+            self._fail(state, ended or E.SHUTDOWN, f"{listener.name} cancelled ({ended or 'shutdown'})")
+            if not ended:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
             self.counters.listener(listener.name).ended(ok)
             for unit in self.slots.free(listener.name):  # hand the freed slots to parked units
@@ -206,20 +210,18 @@ class StreamPump:
         self.counters.accepted += 1
         self._idle.clear()
 
-    def _settle(self, state: MessageState) -> None:
-        """The unit ended well."""
+    def _settle(self, state: MessageState) -> None:  # the unit ended well
         if not state.settled:
             self.counters.handled += 1
             self._end(state)
 
-    def _fail(self, state: MessageState, code: ErrorCode | None = None, reason: str = "", step: str = "dispatch",
-              exc: BaseException | None = None) -> None:
+    def _fail(self, state: MessageState, code: ErrorCode | None = None, reason: str = "", step: str = "dispatch") -> None:
         """The unit ended in an error: count, log, record, and tell who should know."""
         if state.settled:
             return
         if code is not None:
             state.error = None
-            state.fail(code, reason, step, exc)
+            state.fail(code, reason, step)
         try:
             self.reporter.report(state)
         finally:
@@ -231,16 +233,18 @@ class StreamPump:
             self.stores.forget(finished)
         if self.counters.in_flight == 0:
             self._idle.set()
-        self.stores.sweep(self.ctx.clock())
+        self.stores.sweep(self.ctx.clock())  # also on the tick: idle conversations go with or without traffic
 
     # ------------------------------------------------------------------ clients
+    def cancel(self, session: Session, thread_id: str) -> bool:
+        """Cancel `session`'s conversation `thread_id` (False if none is open): handlers stop, the client hears `cancelled`."""
+        return self.guard.cancel(session, thread_id)
+
     def attach(self, name: str, mailbox: Mailbox) -> Session:
-        """Register an external sender: what is meant for it goes to `mailbox` (False if full)."""
-        return self.mailboxes.attach(name, mailbox)
+        return self.mailboxes.attach(name, mailbox)  # an external sender: what is meant for it goes to `mailbox`
 
     def detach(self, session: Session) -> None:
-        """The sender is gone: replies meant for it become dead letters from now on."""
-        self.mailboxes.detach(session)
+        self.mailboxes.detach(session)  # the sender is gone: what is meant for it becomes a dead letter
 
     def client(self, name: str, **options: Any) -> LocalClient:
         """An in-process client: `async with pump.client("me") as client: ...`."""
@@ -260,10 +264,8 @@ class StreamPump:
         clean = not self.counters.in_flight
         dropped_before = self.counters.errored[E.SHUTDOWN]
         self._stop()
-        if self._handlers:
-            await asyncio.wait(list(self._handlers), timeout=GRACE_S)
-        for zombie, state in list(self._handlers.items()):  # it ignored its cancellation: its unit ends here
-            self._fail(state, E.SHUTDOWN, f"{zombie.get_name()} ignored its cancellation at shutdown")
+        for state in await self.handlers.wait(GRACE_S):  # these ignored their cancellation
+            self._fail(state, E.SHUTDOWN, "its handler ignored its cancellation at shutdown")
         if running and self._run_task is not None and self._run_task is not asyncio.current_task():
             await asyncio.wait([self._run_task], timeout=GRACE_S)
         self._report = ShutdownReport(handled=self.counters.handled, errored=self.counters.errored_total,
@@ -274,24 +276,22 @@ class StreamPump:
     def _stop(self) -> None:
         """Nothing more starts: end what waits, cancel what runs (the one place that does)."""
         self.admission.closing = self.admission.stopping = True
-        for state in self.admission.drain() + self.slots.drain():
+        self.guard.stop()
+        for state in self.admission.drain() + self.slots.drain() + self.handlers.lost:
             self._fail(state, E.SHUTDOWN, "never started before shutdown")
-        for task in self._handlers:
-            task.cancel()
+        self.handlers.cancel()
         self.admission.wake()
 
     # ------------------------------------------------------------------ introspection
     @property
     def closed(self) -> bool:
-        """True once `shutdown()` has begun: no new messages are taken."""
-        return self.admission.closing
+        return self.admission.closing  # shutdown() has begun: no new messages are taken
 
     @property
     def task(self) -> "asyncio.Task[None] | None":
         return self._run_task  # the task running run(): it ends after shutdown(), or if the pump fails
 
-    async def idle(self) -> None:
-        """Wait until nothing is in flight (every accepted unit has ended)."""
+    async def idle(self) -> None:  # until nothing is in flight (every accepted unit has ended)
         if self.counters.in_flight:
             await self._idle.wait()
 

@@ -25,6 +25,8 @@ import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Hashable
 
+from agentserver.codes import ErrorCode
+
 if TYPE_CHECKING:  # pragma: no cover
     from agentserver.message_bus.mailboxes import Session
 
@@ -55,22 +57,27 @@ class Thread:
 
 
 class Conversation:
-    __slots__ = ("id", "root", "external_id", "session", "pending", "hops", "ended", "told", "last_active", "threads")
+    __slots__ = ("id", "root", "external_id", "session", "pending", "units", "hops", "ended", "told", "started",
+                 "last_active", "threads")
 
     def __init__(self, id: int, external_id: str | None, session: "Session | None", now: float) -> None:
         self.id = id  # internal key, never on the wire
         self.external_id = external_id  # the id the client used, echoed on replies
         self.session = session  # the connection that started it: replies go there and nowhere else
-        self.pending = 0
+        self.pending = 0  # units alive now
+        self.units = 0  # units in its whole life
         self.hops = 0
-        self.ended = False  # over max_thread_hops: what is left of it is refused
+        self.ended: ErrorCode | None = None  # why it was ended (hops, budget, deadline, cancel): the rest is refused
         self.told = False  # its root caller has been told it ended
+        self.started = now
         self.last_active = now
         self.threads: list[str] = []
         self.root: Thread  # set by the registry
 
     def hold(self) -> None:
+        """One more unit of it is alive."""
         self.pending += 1
+        self.units += 1
 
     def release(self) -> bool:
         """One unit of it ended; True when that was the last one (the conversation is over)."""
@@ -142,6 +149,10 @@ class ThreadRegistry:
     def prune(self, thread: Thread) -> Thread | None:
         """Where `respond()` from `thread` goes: its parent (chain minus one hop), or None."""
         return thread.parent
+
+    def find(self, session: "Session | None", client: str, external_id: str) -> Conversation | None:
+        """The conversation `client` (of `session`) started with its thread id `external_id`."""
+        return self._external.get((session.id if session is not None else client, external_id))
 
     def touch(self, conversation: Conversation, now: float) -> None:
         """The conversation is active at `now` (the pump calls this on every delivery)."""

@@ -40,7 +40,7 @@ def route(state: MessageState, ctx: PipelineContext) -> list[MessageState]:
     conversation = thread.conversation
     conversation.hops += len(targets)
     if conversation.hops > ctx.limits.max_thread_hops:
-        conversation.ended = True
+        conversation.ended = E.HOPS
         return [state.fail(E.HOPS, f"{conversation.hops} hops, limit {ctx.limits.max_thread_hops}", "routing")]
     states = [state] + [state.fork() for _ in targets[1:]]
     for each, target in zip(states, targets):

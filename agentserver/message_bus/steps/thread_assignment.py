@@ -5,8 +5,9 @@ conversation. For an external sender this also settles identity: `<from>` must b
 connection's own name (when it has one) and may not name a listener or a reserved name
 (`forbidden-sender`); the client's thread id opens or continues a conversation of that
 client's session (a later connection with the same name has conversations of its own). Messages the pump built (handler output, system messages) already carry
-their thread. A conversation ended for exceeding `max_thread_hops` takes no more
-messages (`hops`).
+their thread. A conversation that was ended (over `max_thread_hops`, over its budget,
+past its deadline, cancelled) takes no more messages: they fail with the code that
+ended it, silently (its root caller has been told once).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def assign_thread(state: MessageState, ctx: PipelineContext) -> MessageState:
             thread = ctx.threads.open(sender, state.thread_ref, session=state.session, now=ctx.clock())
         state.thread = thread
     state.bind(thread.conversation)
-    if thread.conversation.ended:
-        return state.fail(E.HOPS, "conversation was ended at its hop limit", "threads")
+    ended = thread.conversation.ended
+    if ended is not None:
+        return state.fail(ended, f"the conversation was ended ({ended})", "threads")
     return state
