@@ -32,6 +32,7 @@ _EXPORTS = {
     "load_config": "agentserver.config",
     "Limits": "agentserver.limits",
     "ErrorCode": "agentserver.codes",
+    "PeerError": "agentserver.message_bus.calls",
     "Reply": "agentserver.outbound",
     "AskError": "agentserver.outbound",
     "HuhError": "agentserver.outbound",
@@ -59,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from agentserver.codes import ErrorCode
     from agentserver.config import ConfigError, OrganismConfig, load_config
     from agentserver.limits import Limits
+    from agentserver.message_bus.calls import PeerError
     from agentserver.message_bus.bootstrap import bootstrap
     from agentserver.message_bus.message_state import HandlerMetadata, HandlerResponse, HistoryEntry
     from agentserver.message_bus.flow import PumpClosed

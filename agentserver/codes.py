@@ -32,6 +32,9 @@ class ErrorCode(str, Enum):
     HANDLER = "handler"
     TIMEOUT = "timeout"
     WRONG_TYPE = "wrong-type"
+    # an awaited call (meta.ask): its peer's branch ended without an answer; an answer came too late
+    NO_ANSWER = "no-answer"
+    LATE = "late"
     # the conversation was ended: its root caller hears of it, once
     HOPS = "hops"
     CONVERSATION_BUDGET = "conversation-budget"
@@ -73,6 +76,8 @@ CANNED: dict[ErrorCode, str] = {
     ErrorCode.HANDLER: "The handler failed.",
     ErrorCode.TIMEOUT: "The handler did not finish in time.",
     ErrorCode.WRONG_TYPE: "The handler returned something it may not return.",
+    ErrorCode.NO_ANSWER: "The peer's branch ended without an answer.",
+    ErrorCode.LATE: "The answer came after its caller stopped waiting.",
     ErrorCode.HOPS: "The conversation exceeded its hop limit and was ended.",
     ErrorCode.CONVERSATION_BUDGET: "The conversation exceeded its budget of units and was ended.",
     ErrorCode.CONVERSATION_TIMEOUT: "The conversation ran over its deadline and was ended.",

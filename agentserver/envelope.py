@@ -6,9 +6,12 @@ when the bytes are read back (a default-namespace envelope would swallow it).
 
     <env:message xmlns:env="https://xml-pipeline.org/ns/envelope/v1">
       <env:meta><env:from>client</env:from><env:to>greeter</env:to>
-        <env:thread>UUID</env:thread></env:meta>
+        <env:thread>UUID</env:thread><env:id>UUID</env:id><env:call>UUID</env:call></env:meta>
       <Greeting><Name>Ada</Name></Greeting>
     </env:message>
+
+`<id>` is the message's own id and `<call>` the call it makes (a message to a listener)
+or answers (a `respond()`): both UUIDs, both optional for external senders.
 
 A `<huh>` is an envelope from `system` whose payload is `<huh code="...">text</huh>`.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from lxml import etree
 
@@ -30,6 +34,8 @@ META = _E + "meta"
 FROM = _E + "from"
 TO = _E + "to"
 THREAD = _E + "thread"
+ID = _E + "id"
+CALL = _E + "call"
 HUH = "huh"
 _NSMAP = {PREFIX: ENVELOPE_NS}
 
@@ -57,12 +63,14 @@ class Meta:
     sender: str
     to: str | None
     thread: str
+    message_id: str | None = None
+    call: str | None = None
 
 
 def read_meta(root: etree._Element) -> Meta:
     """The routing fields of an envelope that passed the envelope schema."""
     meta = root[0]
-    sender = to = thread = None
+    sender = to = thread = message_id = call = None
     for child in meta.iterchildren():
         tag = child.tag
         if tag == FROM:
@@ -71,7 +79,11 @@ def read_meta(root: etree._Element) -> Meta:
             to = child.text
         elif tag == THREAD:
             thread = child.text
-    return Meta(sender or "", to, thread or "")
+        elif tag == ID:
+            message_id = child.text
+        elif tag == CALL:
+            call = child.text
+    return Meta(sender or "", to, thread or "", message_id, call)
 
 
 def payload_elements(root: etree._Element) -> list[etree._Element]:
@@ -85,7 +97,9 @@ def build_envelope(
     sender: str,
     thread: str,
     to: str | None = None,
-    factory=None,
+    message_id: str | None = None,
+    call: str | None = None,
+    factory: Any = None,
 ) -> etree._Element:
     """An envelope tree around one or more payload elements (which are moved, not copied).
 
@@ -98,6 +112,10 @@ def build_envelope(
     if to is not None:
         etree.SubElement(meta, TO).text = to
     etree.SubElement(meta, THREAD).text = thread
+    if message_id is not None:
+        etree.SubElement(meta, ID).text = message_id
+    if call is not None:
+        etree.SubElement(meta, CALL).text = call
     for payload in payloads if isinstance(payloads, list) else [payloads]:
         root.append(payload)
     return root

@@ -26,11 +26,13 @@ __all__ = ["SystemError", "Boot", "TodoUntil", "TodoComplete", "system_error"]
 class SystemError:  # noqa: A001 - the contract's name (DESIGN.md §2); shadows the builtin on purpose
     code: str
     message: str
+    call_id: str = ""  # the call that failed (every message a listener sends makes or answers one)
+    peer: str = ""  # whom that call was to
 
 
-def system_error(code: str) -> SystemError:
-    """The canned SystemError for `code`."""
-    return SystemError(code=str(code), message=canned(code))
+def system_error(code: str, call_id: str = "", peer: str = "") -> SystemError:
+    """The canned SystemError for `code`, naming the call that failed and its peer."""
+    return SystemError(code=str(code), message=canned(code), call_id=call_id, peer=peer)
 
 
 @xmlify

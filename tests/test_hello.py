@@ -21,7 +21,8 @@ async def test_the_hello_organism_answers_an_in_process_ask():
     assert reply.sender == "greeter" and reply.xml == b"<GreetingReply><Text>HELLO, ADA!</Text></GreetingReply>"
     assert as_text.payload.text == "HELLO, BOB!"
     assert (report.clean, report.dropped, report.errored) == (True, 0, 0)
-    assert pump.counters.listener("shouter").handled == 2 and pump.counters.listener("greeter").handled == 4
+    # the greeter awaits the shouter: one handler call per greeting (the answer resumes it)
+    assert pump.counters.listener("shouter").handled == 2 and pump.counters.listener("greeter").handled == 2
     assert_counters(pump)
 
 
@@ -52,3 +53,18 @@ def test_the_cli_entry_point_loads_dot_env_into_the_process(tmp_path, monkeypatc
         assert sys.path[0] == str(tmp_path)
     finally:
         os.environ.pop("AGENTSERVER_TEST_SETTING", None)
+
+
+async def test_the_returning_style_greeter_answers_the_same(start):
+    from tests.support import organism
+
+    text = organism(
+        {"name": "greeter", "payload_class": "agentserver.examples.hello.Greeting",
+         "handler": "agentserver.examples.hello.handle_greeting_returning", "agent": True, "peers": ["shouter"]},
+        {"name": "shouter", "payload_class": "agentserver.examples.hello.Shout", "handler": "agentserver.examples.hello.handle_shout"},
+    )
+    pump = await start(text)
+    async with pump.client("tester") as client:
+        reply = await client.ask(Greeting(name="Ada"), to="greeter", timeout=HANG_GUARD)
+    assert reply.payload == GreetingReply(text="HELLO, ADA!")
+    assert pump.counters.listener("greeter").handled == 2  # called once for the Greeting, once for the Shouted

@@ -1,6 +1,8 @@
 """Handler return values -> messages: fan-out, respond(), identity written by the pump."""
 
+
 import asyncio
+import uuid
 
 import pytest
 
@@ -15,7 +17,7 @@ COLLECTOR = listener("collector", "Item", "collector")
 
 
 def _thread(ctx):
-    return ctx.threads.extend(ctx.threads.open("tester", "x"), "relay")
+    return ctx.threads.extend(ctx.threads.open("tester", "x"), "relay", call_id=str(uuid.uuid4()))
 
 
 def test_each_return_shape_becomes_its_messages():
@@ -32,9 +34,13 @@ def test_each_return_shape_becomes_its_messages():
     assert len(legacy.root) == 3  # meta + two payloads
     todos = build([TodoUntil(todo_id="t", wait_for="Item"), None])
     assert todos.states == [] and [t.todo_id for t in todos.todos] == ["t"]
-    # the pump writes <from> and <thread>
+    # the pump writes <from>, <thread>, a new message id and the call: a new one for a
+    # call, the answered one (the thread's) for a respond()
     meta = forward.root[0]
-    assert [child.text for child in meta] == ["relay", "collector", thread.id]
+    assert [child.text for child in meta] == ["relay", "collector", thread.id, forward.message_id, forward.call_id]
+    assert forward.call_id not in (thread.call_id, answer.call_id) and answer.call_id == thread.call_id
+    assert len({forward.message_id, answer.message_id, forward.call_id}) == 3
+    assert all(uuid.UUID(value).version == 4 for value in (forward.message_id, forward.call_id, thread.id))
 
 
 @pytest.mark.parametrize("result", [42, "text", {"a": 1}, Echo, NotXml(), [HandlerResponse(Item(n=1)), 42], HandlerResponse(NotXml())])

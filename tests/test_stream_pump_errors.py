@@ -3,6 +3,8 @@
 One test per row of the error table, each a real pump run.
 """
 
+import uuid
+
 import pytest
 
 from agentserver import HuhError, RemoteError, SystemError
@@ -66,7 +68,11 @@ async def test_refused_listener_messages_get_a_system_error(start, order, code):
     # the relay got a SystemError from the pump and told its caller what it was
     assert reply.payload.text == f"error:{code}"
     order_seen, error_seen = PROBE.of("relay")
-    assert error_seen.payload == SystemError(code=code, message=CANNED[code])
+    error = error_seen.payload
+    assert (error.code, error.message) == (code, CANNED[code])
+    # it names the call that failed, and whom it was to (a broadcast of bytes names nobody)
+    assert uuid.UUID(error.call_id).version == 4
+    assert error.peer == (order.arg if order.action == "forward" else "")
     assert error_seen.meta.from_id == "system"
     assert error_seen.meta.thread_id == order_seen.meta.thread_id  # on the thread that sent it
     assert PROBE.counts["echo"] == 0 and PROBE.counts["strict"] == 0

@@ -39,12 +39,24 @@ class Shouted:
     text: str
 
 
-async def handle_greeting(payload: Greeting | Shouted, meta: HandlerMetadata) -> HandlerResponse | None:
-    """A Greeting: ask the shouter. The shouter's answer (Shouted): reply to the greeter's caller.
+async def handle_greeting(payload: Greeting, meta: HandlerMetadata) -> HandlerResponse:
+    """Ask the shouter and answer with what it shouted: straight-line code.
 
-    A listener receives its own payload class from callers, and whatever its peers
-    `respond()` with (plus SystemError when something it sent failed).
-    """
+    `meta.ask` sends the Shout exactly as `HandlerResponse(Shout(...), to="shouter")`
+    would, waits for the shouter's `respond()` (holding no handler slot meanwhile) and
+    returns its payload. Use this style when a handler needs answers to go on."""
+    shouted = await meta.ask("shouter", Shout(text=f"hello, {payload.name}!"))
+    return HandlerResponse.respond(GreetingReply(text=shouted.text))
+
+
+async def handle_greeting_returning(payload: Greeting | Shouted, meta: HandlerMetadata) -> HandlerResponse | None:
+    """The same greeter in the returning style: one call per message it receives.
+
+    It returns the Shout; the shouter's answer arrives later as a new call of this
+    handler. Use this style for fire-and-forget work, fan-out to many listeners, or a
+    handler that reacts to whatever arrives (a listener receives its own payload class
+    from callers, whatever its peers `respond()` with, and SystemError when something
+    it sent failed)."""
     if isinstance(payload, Greeting):
         return HandlerResponse(Shout(text=f"hello, {payload.name}!"), to="shouter")
     if isinstance(payload, Shouted):

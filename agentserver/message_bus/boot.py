@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timezone
 
+from agentserver.config import OrganismConfig
 from agentserver.message_bus.listeners import Listener, Routes
 from agentserver.message_bus.message_state import HandlerMetadata, MessageState
 from agentserver.message_bus.pipeline_context import PipelineContext
@@ -12,7 +13,7 @@ from agentserver.message_bus.responses import system_message
 from agentserver.message_bus.stores import ThreadStore
 from agentserver.primitives import Boot
 
-__all__ = ["boot_listener", "boot_message"]
+__all__ = ["boot_listener", "boot_message", "organism_routes"]
 
 log = logging.getLogger("agentserver.pump")
 
@@ -21,6 +22,13 @@ async def handle_boot(payload: Boot, metadata: HandlerMetadata) -> None:
     """The built-in `system.boot` listener: logs that the organism is up."""
     log.info("boot organism=%s listeners=%d", payload.organism_name, payload.listener_count)
     return None
+
+
+def organism_routes(config: OrganismConfig) -> Routes:
+    """The routing table of `config`'s listeners, with the pump's own `system.boot`."""
+    routes = Routes.from_config(config)
+    routes.add(boot_listener(routes))
+    return routes
 
 
 def boot_listener(routes: Routes) -> Listener:

@@ -94,7 +94,7 @@ class FairSemaphore:
 
 
 class Admission:
-    def __init__(self, *, intake_capacity: int, room: int, depth_first: bool = False) -> None:
+    def __init__(self, intake_capacity: int, room: int, depth_first: bool = False) -> None:
         self.queue: FairScheduler[MessageState] = FairScheduler(depth_first)
         self.room = room  # units that may be admitted now
         self.closing = False  # the intake takes nothing more
@@ -163,57 +163,102 @@ class Admission:
         return items
 
 
+class Resume:
+    """A handler that awaited a peer (meta.ask) and waits for a slot to continue."""
+
+    __slots__ = ("future", "lane", "inner")
+
+    def __init__(self, lane: Hashable, inner: Hashable) -> None:
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lane, self.inner = lane, inner
+
+
+Parked = MessageState | Resume
+
+
 class HandlerSlots:
     def __init__(self, total: int, routes: "Routes", counters: "Counters", *, depth_first: bool = False) -> None:
         self.total = total
         self.busy = 0  # handlers running, all listeners
         self._cap = {name: listener.concurrency for name, listener in routes.by_name.items()}
         self._stats: dict[str, ListenerCounters] = {name: counters.listener(name) for name in routes.by_name}
-        self._parked: dict[str, FairScheduler[MessageState]] = {name: FairScheduler(depth_first) for name in self._cap}
+        self._parked: dict[str, FairScheduler[Parked]] = {name: FairScheduler(depth_first) for name in self._cap}
         self._ring: deque[str] = deque()  # listeners with parked units, each once, in turn order
 
-    def take(self, name: str, unit: MessageState, outer: Hashable, inner: Hashable) -> bool:
-        """True: a slot is taken and `unit` may start now. False: `unit` is parked."""
-        stats = self._stats[name]
-        if stats.running < self._cap[name] and self.busy < self.total:
-            stats.running += 1
-            self.busy += 1
-            return True
+    def _free_slot(self, name: str) -> bool:
+        return self._stats[name].running < self._cap[name] and self.busy < self.total
+
+    def _occupy(self, name: str) -> None:
+        self._stats[name].running += 1
+        self.busy += 1
+
+    def _park(self, name: str, item: Parked, outer: Hashable, inner: Hashable) -> None:
         parked = self._parked[name]
         if not parked:
             self._ring.append(name)
-        parked.push(outer, unit, inner=inner)
-        stats.waiting += 1
+        parked.push(outer, item, inner=inner)
+        self._stats[name].waiting += 1
+
+    def take(self, name: str, unit: MessageState, outer: Hashable, inner: Hashable) -> bool:
+        """True: a slot is taken and `unit` may start now. False: `unit` is parked."""
+        if self._free_slot(name):
+            self._occupy(name)
+            return True
+        self._park(name, unit, outer, inner)
         return False
 
+    async def resume(self, name: str, outer: Hashable, inner: Hashable) -> None:
+        """Take a slot for a handler of `name` that waited without one: now, or once its
+        turn comes (fairly, among the units parked for the listener)."""
+        if self._free_slot(name):
+            self._occupy(name)
+            return
+        resume = Resume(outer, inner)
+        self._park(name, resume, outer, inner)
+        await resume.future  # cancelled: the parked entry is skipped when its turn comes
+
+    def retake(self, name: str) -> None:
+        """Take a slot at once, over the caps if need be: for a handler that is ending
+        (cancelled while it waited without one) and gives it back right away."""
+        self._occupy(name)
+
     def free(self, name: str) -> list[MessageState]:
-        """A handler of `name` ended: give its slots to parked units, round-robin across
-        listeners; returns the units to start now (their slots are taken)."""
+        """A handler of `name` ended, or waits without a slot: give the slots to what is
+        parked, round-robin across listeners; returns the units to start now (their
+        slots are taken). A parked resume is woken instead of returned."""
         self._stats[name].running -= 1
         self.busy -= 1
         started: list[MessageState] = []
         while self.busy < self.total and self._ring:
-            unit = self._next()
-            if unit is None:
+            item = self._next()
+            if item is None:
                 break
-            started.append(unit)
+            if isinstance(item, MessageState):
+                started.append(item)
         return started
 
-    def _next(self) -> MessageState | None:
-        for _ in range(len(self._ring)):
+    def _next(self) -> Parked | None:
+        turns = len(self._ring)  # each listener in the ring gets a look; skipped resumes do not count
+        while turns > 0 and self._ring:
             name = self._ring.popleft()
             parked = self._parked[name]
-            stats = self._stats[name]
-            if stats.running < self._cap[name]:
-                popped = parked.pop()
-                assert popped is not None  # a listener is in the ring only while it has parked units
-                if parked:
-                    self._ring.append(name)
-                stats.waiting -= 1
-                stats.running += 1
-                self.busy += 1
-                return popped[0]
-            self._ring.append(name)
+            if self._stats[name].running >= self._cap[name]:
+                self._ring.append(name)
+                turns -= 1
+                continue
+            popped = parked.pop()
+            assert popped is not None  # a listener is in the ring only while it has parked units
+            if parked:
+                self._ring.append(name)
+            self._stats[name].waiting -= 1
+            item = popped[0]
+            if isinstance(item, Resume):
+                if item.future.done():  # its handler was cancelled while it waited: skip it
+                    turns = len(self._ring)
+                    continue
+                item.future.set_result(None)
+            self._occupy(name)
+            return item
         return None
 
     def take_out(self, conversation: "Conversation") -> list[MessageState]:
@@ -222,25 +267,31 @@ class HandlerSlots:
         for name, parked in self._parked.items():
             if not parked:
                 continue
-            units = parked.drain()
-            for unit in units:
-                if unit.conversation is conversation:
-                    taken.append(unit)
+            items = parked.drain()
+            for item in items:
+                if isinstance(item, MessageState) and item.conversation is conversation:
+                    taken.append(item)
+                elif isinstance(item, Resume):
+                    parked.push(item.lane, item, inner=item.inner)
                 else:
-                    parked.push(unit.conversation.lane if unit.conversation else None, unit,
-                                inner=unit.conversation.id if unit.conversation else None)
-            self._stats[name].waiting -= len(units) - len(parked)
+                    lane = item.conversation.lane if item.conversation is not None else None
+                    parked.push(lane, item, inner=item.conversation.id if item.conversation is not None else None)
+            self._stats[name].waiting -= len(items) - len(parked)
             if not parked:
                 self._ring = deque(n for n in self._ring if n != name)
         return taken
 
     def drain(self) -> list[MessageState]:
-        """Every parked unit (shutdown)."""
+        """Every parked unit (shutdown); parked resumes are cancelled (their handlers are too)."""
         units: list[MessageState] = []
         for name, parked in self._parked.items():
             taken = parked.drain()
             self._stats[name].waiting -= len(taken)
-            units.extend(taken)
+            for item in taken:
+                if isinstance(item, Resume):
+                    item.future.cancel()
+                else:
+                    units.append(item)
         self._ring.clear()
         return units
 

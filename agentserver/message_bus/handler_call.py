@@ -19,6 +19,7 @@ timer and the loop-lag watchdog (watchdog.py) that names a handler blocking the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from typing import TYPE_CHECKING, Any, Coroutine, cast
 
@@ -34,15 +35,17 @@ from agentserver.message_bus.watchdog import LoopWatchdog
 
 if TYPE_CHECKING:  # pragma: no cover
     from agentserver.limits import Limits
+    from agentserver.message_bus.calls import CallDesk
     from agentserver.message_bus.listeners import Routes
     from agentserver.message_bus.thread_registry import Conversation
 
 __all__ = ["call_handler", "metadata_for", "HandlerTasks"]
 
 
-def metadata_for(state: MessageState, route: Delivery, stores: Stores) -> HandlerMetadata:
+def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "CallDesk") -> HandlerMetadata:
     """The metadata of `state` delivered along `route`: its thread, who sent it, and for
-    agents their name, usage instructions and raised todos; the thread's history."""
+    agents their name, usage instructions and raised todos; the thread's history; the
+    conversation's id as its client knows it; and `ask`, bound to this delivery."""
     listener, thread = route.listener, route.thread
     return HandlerMetadata(
         thread_id=thread.id,
@@ -52,18 +55,22 @@ def metadata_for(state: MessageState, route: Delivery, stores: Stores) -> Handle
         usage_instructions=listener.usage_instructions,
         todo_nudge=stores.todos.nudge_for(thread.id, listener.name) if listener.agent else "",
         history=stores.history.history(thread.id),
+        conversation_id=thread.conversation.external_id or "",
+        message_id=state.message_id,
+        call_id=thread.call_id or "",
+        _ask=functools.partial(desk.ask, state, route),
     )
 
 
 async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx: PipelineContext,
-                       deadlines: Deadlines) -> list[MessageState] | StepError:
+                       deadlines: Deadlines, desk: "CallDesk") -> list[MessageState] | StepError:
     """Run the handler of `route` on `state` under its deadline (see the module docstring)."""
     listener = route.listener
     task = asyncio.current_task()
     assert task is not None
     key = deadlines.watch(task)
     try:
-        result = await listener.handler(state.payload, metadata_for(state, route, stores))
+        result = await listener.handler(state.payload, metadata_for(state, route, stores, desk))
         responses = build_responses(result, sender=listener.name, thread=route.thread, ctx=ctx)
     except asyncio.CancelledError:
         if not deadlines.claim(task):

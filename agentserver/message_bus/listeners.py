@@ -28,15 +28,20 @@ __all__ = ["Listener", "PayloadType", "PayloadTypes", "Routes", "example_of", "R
 
 RESPONSE_RULES = """\
 ## How to answer
-- Return HandlerResponse(payload, to="peer") to call a peer. You may call only the peers listed above.
-- Return HandlerResponse.respond(payload) to answer whoever called you. Your call chain is pruned
-  by one hop: peers you called on this thread are finished, and their scratch state is gone.
-  Complete all sub-tasks before you respond, and wait for the results you need.
-- Return None to end this branch of the conversation without answering.
-- Return a list of responses to send several messages at once.
-- Return TodoUntil(todo_id, wait_for, from_listener) to be reminded (in todo_nudge) when a payload
-  arrives on your thread; return TodoComplete(todo_id) once you have dealt with it.
-- If something you sent cannot be delivered you receive a SystemError payload (code, message)."""
+Everything you send is XML: one or more payload elements, each exactly as its schema
+above says (text around them is ignored).
+- To call a peer, write a payload element that peer accepts, e.g. its example above.
+  You may call only the peers listed above. Its answer comes back to you as a new
+  message on this conversation.
+- To answer whoever called you, write the payload element your caller expects. Your
+  call is then finished: complete everything you need before you answer.
+- Write several elements to send several messages at once; write nothing to end your
+  part without answering.
+- To be reminded when a payload arrives, write
+  <TodoUntil><TodoId>t1</TodoId><WaitFor>RootTag</WaitFor><FromListener>peer</FromListener><Note></Note></TodoUntil>;
+  close it with <TodoComplete><TodoId>t1</TodoId></TodoComplete>.
+- If something you sent fails you receive <SystemError> with <Code>, <Message>,
+  <CallId> (the call that failed) and <Peer> (whom it was to)."""
 
 
 @dataclass(slots=True, eq=False)

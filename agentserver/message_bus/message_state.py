@@ -16,9 +16,9 @@ part of the message still needs it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
 
 from agentserver.codes import ErrorCode
 from agentserver.primitives import SystemError
@@ -26,6 +26,7 @@ from agentserver.primitives import SystemError
 if TYPE_CHECKING:  # pragma: no cover
     from lxml import etree
 
+    from agentserver.message_bus.calls import Call
     from agentserver.message_bus.listeners import Listener, PayloadType
     from agentserver.message_bus.mailboxes import Session
     from agentserver.message_bus.thread_registry import Conversation, Thread
@@ -129,6 +130,8 @@ class MessageState:
     sender: str = ""  # envelope validation: <from>
     to: str | None = None  # <to>
     thread_ref: str = ""  # <thread> as on the wire
+    message_id: str = ""  # <id>: this unit's message (a fan-out copy shares its envelope's)
+    call_id: str = ""  # <call>: the call this message makes, or (a respond()) answers
     payload_element: "etree._Element | None" = None  # payload extraction
     root_tag: str = ""
     thread: "Thread | None" = None  # thread assignment: the sender's thread
@@ -145,6 +148,7 @@ class MessageState:
     intake_ticket: Ticket | None = None  # external messages: a place in the bounded intake
     settled: bool = False
     thread_hint: str | None = None  # external: the thread the client injected with (for <huh>s)
+    branch: "Call | None" = None  # the awaited call (meta.ask) whose branch this unit is part of
 
     def fail(self, code: ErrorCode, reason: str, step: str, exc: BaseException | None = None) -> "MessageState":
         if self.error is None:
@@ -162,6 +166,8 @@ class MessageState:
             sender=self.sender,
             to=self.to,
             thread_ref=self.thread_ref,
+            message_id=self.message_id,
+            call_id=self.call_id,
             payload_element=self.payload_element,
             root_tag=self.root_tag,
             thread=self.thread,
@@ -176,6 +182,7 @@ class MessageState:
             ticket=self.ticket,
             intake_ticket=self.intake_ticket,
             thread_hint=self.thread_hint,
+            branch=self.branch,
         )
         for key, value in changes.items():
             setattr(child, key, value)
@@ -232,11 +239,14 @@ class HistoryEntry:
     to: str
     root_tag: str
     payload: Any
+    timestamp: float = 0.0  # when it was delivered (seconds since the epoch)
+    message_id: str = ""
+    call_id: str = ""  # the call it made, or (a respond()) answered
 
 
 @dataclass(frozen=True, slots=True)
 class HandlerMetadata:
-    """What a handler knows about the message besides its payload."""
+    """What a handler knows about the message besides its payload, and `ask` to await a peer."""
 
     thread_id: str
     from_id: str
@@ -245,6 +255,20 @@ class HandlerMetadata:
     usage_instructions: str = ""  # agents: peers' schemas and the response rules
     todo_nudge: str = ""  # agents: raised todos, empty when none
     history: Sequence[HistoryEntry] = ()  # this thread's messages, oldest first (read-only)
+    conversation_id: str = ""  # the thread id the external client used (the same in logs and status)
+    message_id: str = ""  # this message's id (a UUID, stable across redelivery)
+    call_id: str = ""  # the call this handler is answering (what a respond() answers)
+    redelivered: bool = False  # this message was handled before, by a process that died
+    _ask: Callable[[str, Any, float | None], Awaitable[Any]] | None = field(default=None, repr=False, compare=False)
+
+    async def ask(self, peer: str, payload: Any, *, timeout: float | None = None) -> Any:
+        """Send `payload` to `peer` (as `HandlerResponse(payload, to=peer)` would) and return
+        the payload it `respond()`s with. Raises `PeerError` if the call fails (`code`,
+        `peer`, `call_id`) and `TimeoutError` after `timeout` seconds. While it waits the
+        handler holds no handler slot."""
+        if self._ask is None:
+            raise RuntimeError("meta.ask works in a handler the pump called")
+        return await self._ask(peer, payload, timeout)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from agentserver.outbound import Outbound, OutboundKind
 from agentserver.primitives import system_error
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.message_bus.calls import Calls
     from agentserver.message_bus.counters import Counters
     from agentserver.message_bus.dead_letters import DeadLetters
     from agentserver.message_bus.pipeline_context import PipelineContext
@@ -71,6 +72,8 @@ NOTIFY: dict[ErrorCode, Notify] = {
     E.HANDLER: Notify.CALLER,
     E.TIMEOUT: Notify.CALLER,
     E.WRONG_TYPE: Notify.CALLER,
+    E.NO_ANSWER: Notify.NOBODY,  # raised in the waiting handler, not reported
+    E.LATE: Notify.NOBODY,
     E.HOPS: Notify.ROOT,
     E.CONVERSATION_BUDGET: Notify.ROOT,
     E.CONVERSATION_TIMEOUT: Notify.ROOT,
@@ -98,6 +101,8 @@ def decide(code: ErrorCode, step: str, *, is_error_report: bool, root_told: bool
         return Outcome(Notify.CALLER if step == HANDLER_STEP else notify, logging.ERROR)
     if notify is Notify.ROOT:  # told once per conversation, even about an error report
         return Outcome(Notify.NOBODY, logging.DEBUG) if root_told else Outcome(Notify.ROOT, logging.WARNING)
+    if code is E.LATE:  # an answer after its caller stopped waiting: expected now and then
+        return Outcome(Notify.NOBODY, logging.INFO)
     if is_error_report:
         return Outcome(Notify.NOBODY, logging.WARNING)
     return Outcome(notify, logging.WARNING)
@@ -120,11 +125,12 @@ class ShutdownReport:
 class Reporter:
     """Applies `decide()`: counts, logs, records and tells. Owned by one pump."""
 
-    def __init__(self, ctx: "PipelineContext", counters: "Counters", dead_letters: "DeadLetters",
+    def __init__(self, ctx: "PipelineContext", counters: "Counters", dead_letters: "DeadLetters", calls: "Calls",
                  push: Callable[[MessageState], None]) -> None:
         self.ctx = ctx
         self.counters = counters
         self.dead_letters = dead_letters
+        self.calls = calls  # a failure in an awaited call's branch goes to its waiter as PeerError
         self.push = push  # the pump's response lane, for SystemErrors to listeners
 
     def report(self, state: MessageState) -> None:
@@ -174,18 +180,25 @@ class Reporter:
             if state.session is None or not state.session.deliver(outbound):
                 self._undeliverable(client, thread_id, code, huh)
         elif kind is OriginKind.LISTENER and state.sender_thread is not None:
-            thread = state.sender_thread
-            self.push(system_message(self.ctx, system_error(code), to=thread.owner, thread=thread))
+            thread, peer = state.sender_thread, state.to or ""
+            if not self.calls.fail(state.call_id, code, peer):
+                error = system_error(code, state.call_id, peer)
+                self.push(system_message(self.ctx, error, to=thread.owner, thread=thread, call=state.call_id or None))
 
     def _tell_caller(self, state: MessageState, code: ErrorCode) -> None:
         thread = state.delivery_thread
         parent = thread.parent if thread is not None else None
         if parent is None:
             return
+        assert thread is not None
+        call_id, peer = thread.call_id or "", thread.owner
         if parent.parent is None and parent.conversation.external_id is not None:
             self._tell_client(parent.conversation, code)
+        elif self.calls.fail(call_id, code, peer):
+            return  # the caller awaits this call: PeerError
         elif parent.owner in self.ctx.routes.by_name:
-            self.push(system_message(self.ctx, system_error(code), to=parent.owner, thread=parent))
+            error = system_error(code, call_id, peer)
+            self.push(system_message(self.ctx, error, to=parent.owner, thread=parent, call=call_id or None))
 
     def _tell_client(self, conversation: "Conversation", code: ErrorCode) -> None:
         error = system_error(code)

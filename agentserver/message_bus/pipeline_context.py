@@ -12,6 +12,8 @@ from typing import Callable
 
 from lxml import etree
 
+from agentserver.envelope import load_envelope_schema
+from agentserver.ids import IdSource
 from agentserver.limits import Limits
 from agentserver.message_bus.listeners import Routes
 from agentserver.message_bus.stores import ThreadStore
@@ -28,3 +30,10 @@ class PipelineContext:
     threads: ThreadStore
     limits: Limits
     clock: Callable[[], float] = field(default=time.monotonic)
+    ids: IdSource = field(default_factory=IdSource)  # message and call ids
+
+    @classmethod
+    def build(cls, limits: Limits, routes: Routes, threads: ThreadStore, clock: Callable[[], float]) -> "PipelineContext":
+        """The context of a pump with these limits: its safe parsers and the packaged envelope schema."""
+        return cls(xml=SafeXml.for_limits(limits), envelope_schema=load_envelope_schema(), routes=routes,
+                   threads=threads, limits=limits, clock=clock)

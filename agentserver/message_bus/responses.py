@@ -2,8 +2,9 @@
 
 `build_responses` takes what a handler returned and gives back the envelopes the pump
 re-injects (as `MessageState`s that already hold their tree and their conversation)
-plus the todo operations to apply. The pump writes `<from>` and `<thread>`; nothing a
-handler returns can set them.
+plus the todo operations to apply. The pump writes `<from>`, `<thread>`, `<id>` (a new
+message id) and `<call>` (a new call id for a call; for a `respond()`, the id of the
+call being answered); nothing a handler returns can set them.
 
 - None: nothing;
 - HandlerResponse(payload, to="x"): one envelope to x, on the handler's thread;
@@ -86,15 +87,16 @@ def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Resp
             parent = ctx.threads.prune(thread)
             if parent is None:
                 return  # nobody above the root: this branch ends here
-            out.states.append(_envelope([element], sender, parent.owner, parent, thread, ctx))
+            out.states.append(_envelope([element], sender, parent.owner, parent, thread, ctx, thread.call_id))
         else:
-            out.states.append(_envelope([element], sender, item.to, thread, thread, ctx))
+            out.states.append(_envelope([element], sender, item.to, thread, thread, ctx, ctx.ids.new()))
         return
     if isinstance(item, (bytes, bytearray)):
         try:
             elements = ctx.xml.fragment(bytes(item))
         except (UnsafeXml, etree.XMLSyntaxError) as exc:
-            state = MessageState(raw=bytes(item)[:4096], origin=Origin.listener(sender), sender=sender, thread=thread, sender_thread=thread)
+            state = MessageState(raw=bytes(item)[:4096], origin=Origin.listener(sender), sender=sender, thread=thread,
+                                 sender_thread=thread, message_id=ctx.ids.new(), call_id=ctx.ids.new())
             state.bind(thread.conversation)
             # UnsafeXml carries our short code; XMLSyntaxError's `code` is libxml2's number
             code = exc.code if isinstance(exc, UnsafeXml) else ErrorCode.MALFORMED
@@ -102,19 +104,22 @@ def _one(item: Any, sender: str, thread: Thread, ctx: PipelineContext, out: Resp
             return
         if len(elements) > ctx.limits.max_fanout:
             raise WrongType(f"{len(elements)} payloads at once; limit is {ctx.limits.max_fanout}")
-        out.states.append(_envelope(elements, sender, None, thread, thread, ctx))
+        out.states.append(_envelope(elements, sender, None, thread, thread, ctx, ctx.ids.new()))
         return
     raise WrongType(f"handler returned {type(item).__name__}; expected None, HandlerResponse, a list of them, or bytes")
 
 
-def system_message(ctx: PipelineContext, payload: Any, *, to: str | None, thread: Thread) -> MessageState:
-    """A message from `system` (Boot, SystemError) on `thread`, to `to` or broadcast.
+def system_message(ctx: PipelineContext, payload: Any, *, to: str | None, thread: Thread, call: str | None = None) -> MessageState:
+    """A message from `system` (Boot, SystemError) on `thread`, to `to` or broadcast;
+    `call` is the call a SystemError is about.
 
     A SystemError to someone is an error report: if it fails in turn, nobody is told."""
+    message_id = ctx.ids.new()
     root = build_envelope(payload_element(payload, ctx), sender="system", to=to, thread=thread.id,
-                          factory=ctx.xml.makeelement)
+                          message_id=message_id, call=call, factory=ctx.xml.makeelement)
     state = MessageState(raw=b"", origin=SYSTEM_ORIGIN, root=root, prebuilt=True, sender="system", to=to,
-                         thread_ref=thread.id, thread=thread, is_error_report=to is not None)
+                         thread_ref=thread.id, message_id=message_id, call_id=call or message_id, thread=thread,
+                         is_error_report=to is not None)
     state.bind(thread.conversation)
     return state
 
@@ -128,15 +133,22 @@ def reply_outbound(state: MessageState, route: ToClient) -> Outbound:
     element, sender, client = state.payload_element, state.sender, route.client
     assert element is not None  # a routed message has its payload
 
+    message_id, call = state.message_id or None, state.call_id or None
+
     def frame() -> bytes:
-        return etree.tostring(build_envelope(copy.deepcopy(element), sender=sender, to=client, thread=thread_id))
+        return etree.tostring(build_envelope(copy.deepcopy(element), sender=sender, to=client, thread=thread_id,
+                                             message_id=message_id, call=call))
 
     return Outbound(OutboundKind.REPLY, thread_id, sender, frame, state.payload, element)
 
 
-def _envelope(elements: list[etree._Element], sender: str, to: str | None, thread: Thread, sender_thread: Thread, ctx: PipelineContext) -> MessageState:
-    root = build_envelope(elements, sender=sender, to=to, thread=thread.id, factory=ctx.xml.makeelement)
+def _envelope(elements: list[etree._Element], sender: str, to: str | None, thread: Thread, sender_thread: Thread,
+              ctx: PipelineContext, call: str | None) -> MessageState:
+    message_id = ctx.ids.new()
+    root = build_envelope(elements, sender=sender, to=to, thread=thread.id, message_id=message_id, call=call,
+                          factory=ctx.xml.makeelement)
     state = MessageState(raw=b"", origin=Origin.listener(sender), root=root, prebuilt=True, sender=sender, to=to,
-                         thread_ref=thread.id, thread=thread, sender_thread=sender_thread)
+                         thread_ref=thread.id, message_id=message_id, call_id=call or "", thread=thread,
+                         sender_thread=sender_thread)
     state.bind(thread.conversation)
     return state

@@ -7,16 +7,13 @@
                       └──── _push(): handler output, system messages ◄──────────────┘
 
 1. `inject` (external senders) waits for a place in the bounded intake; `_push`
-   (handler output) never waits, so handlers cannot deadlock on their own output.
-   Both queue units fairly, by client and conversation (flow.py).
+   (handler output) never waits. Both queue units fairly (flow.py).
 2. `run` drives the pipeline (pipeline.py) over the batches Admission hands out.
-   Errors ride along in the state.
-3. `_dispatch` ends errored units, hands replies to the client's session, and starts
-   a delivery's handler or parks it until a slot frees (the pipeline never waits).
+3. `_dispatch` ends errored units, hands replies to the client's session, resumes the
+   handler awaiting an answer (calls.py), or starts a delivery's handler or parks it.
 4. `_handle` calls the handler (handler_call.py) and sends its output to step 1.
 5. Every unit ends exactly once: `_settle` or `_fail` (outcomes.py tells whoever
-   should hear). A finished conversation is forgotten; one over its budget, past its
-   deadline or cancelled is ended (conversations.py).
+   should hear). A conversation over its budget, deadline or cancelled is ended.
 
 Use it as `async with StreamPump(config) as pump:`; leaving the block shuts it down.
 """
@@ -31,15 +28,14 @@ from typing import Any, Callable
 
 from agentserver.codes import ErrorCode
 from agentserver.config import OrganismConfig
-from agentserver.envelope import load_envelope_schema
 from agentserver.limits import is_reserved
-from agentserver.message_bus.boot import boot_listener, boot_message
+from agentserver.message_bus.boot import boot_message, organism_routes
+from agentserver.message_bus.calls import CallDesk, Calls
 from agentserver.message_bus.conversations import ConversationGuard
 from agentserver.message_bus.counters import Counters
 from agentserver.message_bus.dead_letters import DeadLetters
 from agentserver.message_bus.flow import Admission, HandlerSlots, PumpClosed
 from agentserver.message_bus.handler_call import HandlerTasks, call_handler
-from agentserver.message_bus.listeners import Routes
 from agentserver.message_bus.local_client import LocalClient
 from agentserver.message_bus.mailboxes import Mailbox, Mailboxes, Session
 from agentserver.message_bus.message_state import Delivery, HistoryEntry, MessageState, Origin, StepError, ToClient
@@ -49,7 +45,6 @@ from agentserver.message_bus.pipeline_context import PipelineContext
 from agentserver.message_bus.responses import reply_outbound
 from agentserver.message_bus.status import pump_status
 from agentserver.message_bus.stores import Stores
-from agentserver.xmlsafe import SafeXml
 
 __all__ = ["StreamPump", "PumpClosed", "ShutdownReport"]
 
@@ -68,18 +63,17 @@ class StreamPump:
         self.counters = Counters()
         self.stores = stores or Stores.in_memory(limits)
         self.dead_letters = DeadLetters(limits.dead_letters)
-        self.routes = Routes.from_config(config)
-        self.routes.add(boot_listener(self.routes))
-        self.ctx = PipelineContext(xml=SafeXml.for_limits(limits), envelope_schema=load_envelope_schema(),
-                                   routes=self.routes, threads=self.stores.threads, limits=limits, clock=clock)
+        self.routes = organism_routes(config)
+        self.ctx = PipelineContext.build(limits, self.routes, self.stores.threads, clock)
         self.pipeline = Pipeline(self.ctx, on_extra=self._accept)
         depth_first = config.thread_scheduling == "depth-first"
-        self.admission = Admission(intake_capacity=limits.intake_capacity, room=config.max_concurrent_pipelines,
-                                   depth_first=depth_first)
+        self.admission = Admission(limits.intake_capacity, config.max_concurrent_pipelines, depth_first)
         self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first=depth_first)
         self.handlers = HandlerTasks(limits, self.routes)
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
-        self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, push=self._push)
+        self.calls = Calls()  # awaited calls (meta.ask)
+        self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self._push, start=self._start)
+        self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self._push)
         self.guard = ConversationGuard(limits, self.stores, self.reporter, self.slots, self.handlers, self._fail,
                                        clock=lambda: self.ctx.clock())
         self._idle = asyncio.Event()
@@ -109,6 +103,7 @@ class StreamPump:
     def _push(self, state: MessageState) -> None:
         """Queue a unit the pump built (handler output, system messages). Never waits, but
         a conversation over its budget of units is ended here, where its output arrives."""
+        state.branch = state.branch or self.calls.enclosing(state.sender_thread or state.thread)
         self._accept(state)
         conversation = state.conversation
         assert conversation is not None  # built on a thread, so bound to its conversation
@@ -154,11 +149,15 @@ class StreamPump:
             self._reply(state, route)
         else:
             assert isinstance(route, Delivery)
-            entry = HistoryEntry(state.sender, route.listener.name, state.root_tag, state.payload)
+            entry = HistoryEntry(state.sender, route.listener.name, state.root_tag, state.payload, time.time(),
+                                 state.message_id, state.call_id)
             self.stores.record(route.thread, entry, self.ctx.clock())
             state.leave_pipeline()  # a parked unit must not hold back other listeners' messages
             conversation = route.thread.conversation
-            if self.slots.take(route.listener.name, state, conversation.lane, conversation.id):
+            answered = self.calls.answer(state, route)  # the answer to an awaited call resumes its waiter
+            if answered is not None:
+                self._settle(state) if answered else self._fail(state, E.LATE, f"answer to call {state.call_id} came late")
+            elif self.slots.take(route.listener.name, state, conversation.lane, conversation.id):
                 self._start(state)
 
     def _start(self, state: MessageState) -> None:
@@ -170,10 +169,8 @@ class StreamPump:
         self.handlers.start(state, self._handle(state, route), name=f"handler:{route.listener.name}")
 
     def _reply(self, state: MessageState, route: ToClient) -> None:
-        session = route.thread.conversation.session
-        if session is None and route.client == "system":  # a respond() at the root of a system conversation
-            self._settle(state)
-        elif session is not None and session.deliver(reply_outbound(state, route)):
+        session = route.thread.conversation.session  # None: a respond() at the root of a system conversation
+        if session.deliver(reply_outbound(state, route)) if session is not None else route.client == "system":
             self._settle(state)
         else:
             self._fail(state, E.UNDELIVERABLE, f"client {route.client!r} is gone or not reading")
@@ -185,7 +182,7 @@ class StreamPump:
         try:
             stop = route.thread.conversation.ended or (E.SHUTDOWN if self.admission.stopping else None)
             outcome = (StepError(stop, f"{listener.name} not called: {stop}", "handler") if stop
-                       else await call_handler(state, route, self.stores, self.ctx, self.handlers.deadlines))
+                       else await call_handler(state, route, self.stores, self.ctx, self.handlers.deadlines, self.desk))
             if isinstance(outcome, StepError):
                 state.error = outcome
                 self._fail(state)
@@ -209,6 +206,8 @@ class StreamPump:
     def _accept(self, state: MessageState) -> None:
         self.counters.accepted += 1
         self._idle.clear()
+        if state.branch is not None:
+            state.branch.live += 1
 
     def _settle(self, state: MessageState) -> None:  # the unit ended well
         if not state.settled:
@@ -228,6 +227,8 @@ class StreamPump:
             self._end(state)
 
     def _end(self, state: MessageState) -> None:
+        if state.branch is not None:
+            self.calls.unit_ended(state.branch)
         finished = state.release()
         if finished is not None:
             self.stores.forget(finished)

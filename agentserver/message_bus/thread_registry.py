@@ -21,11 +21,11 @@ name starts conversations of its own and never continues, or hears, an earlier o
 from __future__ import annotations
 
 import itertools
-import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Hashable
 
 from agentserver.codes import ErrorCode
+from agentserver.ids import IdSource
 
 if TYPE_CHECKING:  # pragma: no cover
     from agentserver.message_bus.mailboxes import Session
@@ -34,13 +34,15 @@ __all__ = ["Thread", "Conversation", "ThreadRegistry"]
 
 
 class Thread:
-    __slots__ = ("id", "chain", "parent", "conversation")
+    __slots__ = ("id", "chain", "parent", "conversation", "call_id")
 
-    def __init__(self, id: str, chain: tuple[str, ...], parent: "Thread | None", conversation: "Conversation") -> None:
+    def __init__(self, id: str, chain: tuple[str, ...], parent: "Thread | None", conversation: "Conversation",
+                 call_id: str | None = None) -> None:
         self.id = id
         self.chain = chain
         self.parent = parent
         self.conversation = conversation
+        self.call_id = call_id  # the call that opened it: a respond() from this thread answers it
 
     @property
     def owner(self) -> str:
@@ -58,7 +60,7 @@ class Thread:
 
 class Conversation:
     __slots__ = ("id", "root", "external_id", "session", "pending", "units", "hops", "ended", "told", "started",
-                 "last_active", "threads")
+                 "last_active", "threads", "awaited", "closed_calls")
 
     def __init__(self, id: int, external_id: str | None, session: "Session | None", now: float) -> None:
         self.id = id  # internal key, never on the wire
@@ -71,6 +73,8 @@ class Conversation:
         self.told = False  # its root caller has been told it ended
         self.started = now
         self.last_active = now
+        self.awaited = 0  # calls its handlers await now (meta.ask)
+        self.closed_calls: dict[str, str] = {}  # awaited calls that ended -> the asker's thread (late answers)
         self.threads: list[str] = []
         self.root: Thread  # set by the registry
 
@@ -104,8 +108,7 @@ class ThreadRegistry:
         self.forgotten = 0
         # thread ids: UUID-shaped, a random prefix per registry and a counter (unique, and
         # five times cheaper than uuid4 on the hot path); conversation ids: a counter
-        self._id_prefix = str(uuid.uuid4())[:24]
-        self._thread_numbers = itertools.count(1)
+        self._ids = IdSource()
         self._conversation_numbers = itertools.count(1)
 
     # -- lookups -------------------------------------------------------------
@@ -142,9 +145,9 @@ class ThreadRegistry:
             self._external[key] = conversation
         return root
 
-    def extend(self, thread: Thread, name: str) -> Thread:
-        """A fresh child thread where `name` handles a call made from `thread`."""
-        return self._new_thread(thread.chain + (name,), thread, thread.conversation)
+    def extend(self, thread: Thread, name: str, call_id: str | None = None) -> Thread:
+        """A fresh child thread where `name` handles the call `call_id` made from `thread`."""
+        return self._new_thread(thread.chain + (name,), thread, thread.conversation, call_id)
 
     def prune(self, thread: Thread) -> Thread | None:
         """Where `respond()` from `thread` goes: its parent (chain minus one hop), or None."""
@@ -186,8 +189,9 @@ class ThreadRegistry:
         return conversation.threads
 
     # -- internals -----------------------------------------------------------------
-    def _new_thread(self, chain: tuple[str, ...], parent: Thread | None, conversation: Conversation) -> Thread:
-        thread = Thread(f"{self._id_prefix}{next(self._thread_numbers):012x}", chain, parent, conversation)
+    def _new_thread(self, chain: tuple[str, ...], parent: Thread | None, conversation: Conversation,
+                    call_id: str | None = None) -> Thread:
+        thread = Thread(self._ids.new(), chain, parent, conversation, call_id)
         self._threads[thread.id] = thread
         conversation.threads.append(thread.id)
         return thread

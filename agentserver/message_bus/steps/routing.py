@@ -49,7 +49,7 @@ def route(state: MessageState, ctx: PipelineContext) -> list[MessageState]:
         elif thread.owner == target.name:
             each.route = Delivery(target, thread)
         else:
-            each.route = Delivery(target, ctx.threads.extend(thread, target.name))
+            each.route = Delivery(target, ctx.threads.extend(thread, target.name, state.call_id))
     return states
 
 
