@@ -35,6 +35,13 @@ class ErrorCode(str, Enum):
     # an awaited call (meta.ask): its peer's branch ended without an answer; an answer came too late
     NO_ANSWER = "no-answer"
     LATE = "late"
+    # a language model could not be used (meta.llm, LLM agents): the caller hears of it
+    BUDGET = "budget"
+    LLM_ERROR = "llm-error"
+    LLM_UNAVAILABLE = "llm-unavailable"
+    LLM_TOO_LARGE = "llm-too-large"
+    LLM_CONFIG = "llm-config"
+    LLM_INVALID = "llm-invalid"
     # the conversation was ended: its root caller hears of it, once
     HOPS = "hops"
     CONVERSATION_BUDGET = "conversation-budget"
@@ -78,6 +85,12 @@ CANNED: dict[ErrorCode, str] = {
     ErrorCode.WRONG_TYPE: "The handler returned something it may not return.",
     ErrorCode.NO_ANSWER: "The peer's branch ended without an answer.",
     ErrorCode.LATE: "The answer came after its caller stopped waiting.",
+    ErrorCode.BUDGET: "The token budget for this conversation or agent is spent.",
+    ErrorCode.LLM_ERROR: "The language model refused the request.",
+    ErrorCode.LLM_UNAVAILABLE: "No language model could answer.",
+    ErrorCode.LLM_TOO_LARGE: "The request is larger than any language model here takes.",
+    ErrorCode.LLM_CONFIG: "The language model is not configured.",
+    ErrorCode.LLM_INVALID: "The language model did not produce a usable answer.",
     ErrorCode.HOPS: "The conversation exceeded its hop limit and was ended.",
     ErrorCode.CONVERSATION_BUDGET: "The conversation exceeded its budget of units and was ended.",
     ErrorCode.CONVERSATION_TIMEOUT: "The conversation ran over its deadline and was ended.",

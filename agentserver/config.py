@@ -38,7 +38,13 @@ class ListenerConfig:
     agent: bool = False
     peers: list[str] | None = None  # None: not declared; []: declared empty (respond only)
     concurrency: int | None = None
+    llm: Any = None  # agentserver.llm.AgentLlmConfig: its model and budgets; with prompt and reply_class, an LLM agent
     line: int = 0
+
+    @property
+    def llm_agent(self) -> bool:
+        """Served by the built-in agent loop (an `llm:` block, no handler)."""
+        return self.llm is not None and self.handler is None
 
 
 @dataclass(slots=True)
@@ -53,14 +59,15 @@ class OrganismConfig:
     max_concurrent_per_listener: int = 10  # plain (non-agent) listeners: one hung listener cannot take every slot
     limits: Limits = field(default_factory=Limits)
     listeners: list[ListenerConfig] = field(default_factory=list)
+    llm: Any = None  # agentserver.llm.LlmConfig: the model backends (the top-level llm: section)
     path: str = "<memory>"
     env: dict[str, str] = field(default_factory=dict, repr=False)  # the environment it was loaded with (.env included)
 
 
 _TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
-             "max_concurrent_per_agent", "max_concurrent_per_listener", "limits", "listeners"}
+             "max_concurrent_per_agent", "max_concurrent_per_listener", "limits", "listeners", "llm"}
 _ORGANISM_KEYS = {"name", "socket", "tcp"}
-_LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency"}
+_LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency", "llm"}
 
 
 class Checker:
@@ -205,17 +212,43 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
             if value is not None:
                 setattr(config.limits, key, value)
 
+    llm_agents: list[tuple[Any, yaml.Node]] = []  # (a listener's llm: block, its node)
+    if "llm" in top:  # the llm package (httpx) is loaded only for organisms that use it
+        from agentserver.llm.config import load_llm_section
+
+        config.llm = load_llm_section(check, top["llm"][1], config.env)
     if "listeners" not in top:
         check.problem(document, "missing 'listeners:' (a list of listeners)")
     else:
-        _load_listeners(check, top["listeners"][1], config)
+        _load_listeners(check, top["listeners"][1], config, llm_agents)
+    if llm_agents or config.llm is not None:
+        from agentserver.llm.config import check_models
+
+        check_models(check, config.llm, llm_agents)
 
     if check.problems:
         raise ConfigError(check.problems)
     return config
 
 
-def _load_listeners(check: Checker, node: yaml.Node, config: OrganismConfig) -> None:
+def _listener_llm(check: Checker, fields: dict[str, tuple[yaml.Node, yaml.Node]], label: str) -> Any:
+    """A listener's `llm:` block. With a handler it only sets what `meta.llm` uses (model,
+    limits, budget); without one it makes an LLM agent, which needs prompt and reply_class."""
+    from agentserver.llm.config import load_agent_llm
+
+    node = fields["llm"][1]
+    agent = load_agent_llm(check, node)
+    if "handler" in fields and (agent.prompt is not None or agent.reply_class is not None):
+        check.problem(node, f"{label} has both handler: and an llm: agent (prompt, reply_class): an LLM agent is served "
+                            "by the built-in agent loop; remove handler:, or keep it and leave prompt and reply_class out "
+                            "(a handler calls meta.llm with the llm: block's model and budget)")
+    elif "handler" not in fields and (agent.prompt is None or agent.reply_class is None):
+        missing = " and ".join(key for key in ("prompt", "reply_class") if getattr(agent, key) is None)
+        check.problem(node, f"{label} is an LLM agent (llm: without handler:) and needs {missing}")
+    return agent
+
+
+def _load_listeners(check: Checker, node: yaml.Node, config: OrganismConfig, llm_agents: list[tuple[Any, yaml.Node]]) -> None:
     if not isinstance(node, yaml.SequenceNode):
         check.problem(node, "listeners must be a list")
         return
@@ -225,8 +258,10 @@ def _load_listeners(check: Checker, node: yaml.Node, config: OrganismConfig) -> 
         fields = check.mapping(item, "a listener", _LISTENER_KEYS)
         line = item.start_mark.line + 1
         for required in ("name", "payload_class", "handler"):
+            if required == "handler" and "llm" in fields:
+                continue  # an LLM agent: the built-in agent loop is its handler
             if required not in fields and isinstance(item, yaml.MappingNode):
-                check.problem(item, f"listener is missing {required!r}")
+                check.problem(item, f"listener is missing {required!r}" + (" (or an llm: block, for an LLM agent)" if required == "handler" else ""))
         name = check.name(fields["name"][1], "listener name") if "name" in fields else None
         if name is not None:
             if is_reserved(name):
@@ -257,6 +292,9 @@ def _load_listeners(check: Checker, node: yaml.Node, config: OrganismConfig) -> 
             listener.agent = bool(check.scalar(fields["agent"][1], f"{label} agent", bool))
         if "concurrency" in fields:
             listener.concurrency = check.scalar(fields["concurrency"][1], f"{label} concurrency", int, positive=True)
+        if "llm" in fields:
+            listener.llm = _listener_llm(check, fields, label)
+            llm_agents.append((listener.llm, fields["llm"][1]))
         peers: list[tuple[str, yaml.Node]] = []
         if "peers" in fields:
             peers_node = fields["peers"][1]

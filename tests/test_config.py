@@ -44,7 +44,7 @@ def test_unknown_keys_are_reported_where_they_are():
         """, head=HEAD.replace("  name: test\n", "  name: test\n  sockets: x\n"))
     assert found == [
         f"{PATH}:3: unknown key 'sockets' in organism (known keys: name, socket, tcp)",
-        f"{PATH}:8: unknown key 'colour' in a listener (known keys: agent, concurrency, description, handler, name, payload_class, peers)",
+        f"{PATH}:8: unknown key 'colour' in a listener (known keys: agent, concurrency, description, handler, llm, name, payload_class, peers)",
     ]
 
 
@@ -63,7 +63,7 @@ def test_missing_fields_are_reported():
         """, head=HEAD.replace("  name: test\n", "  socket: x.sock\n"))
     assert found == [
         f"{PATH}:1: organism needs a name",
-        f"{PATH}:4: listener is missing 'handler'",
+        f"{PATH}:4: listener is missing 'handler' (or an llm: block, for an LLM agent)",
     ]
 
 
@@ -175,7 +175,7 @@ def test_a_file_on_disk_is_named_in_its_errors_and_bootstrap_refuses_it(tmp_path
     with pytest.raises(ConfigError) as caught:
         bootstrap(path)
     assert caught.value.problems == [
-        f"{path}:7: unknown key 'bogus' in a listener (known keys: agent, concurrency, description, handler, name, payload_class, peers)"
+        f"{path}:7: unknown key 'bogus' in a listener (known keys: agent, concurrency, description, handler, llm, name, payload_class, peers)"
     ]
     with pytest.raises(ConfigError) as caught:
         load_config(tmp_path / "missing.yaml")

@@ -86,8 +86,8 @@ def test_defaults():
 @pytest.mark.parametrize("text, expected", [
     ("strategy: random\nbackends: [{name: s, provider: replay, answers: [x]}]\n",
      "test.yaml:1: llm.strategy must be one of failover, round-robin, least-loaded, not 'random'"),
-    ("retries: 0\nbackends: [{name: s, provider: replay, answers: [x]}]\n",
-     "test.yaml:1: llm.retries (attempts per request) must be greater than 0, not 0"),
+    ("retries: -1\nbackends: [{name: s, provider: replay, answers: [x]}]\n",
+     "test.yaml:1: llm.retries (attempts after the first) must be 0 or more, not -1"),
     ("strategy: failover\n", "test.yaml:1: llm needs backends: (a list of model servers)"),
     ("backends: []\n", "test.yaml:1: llm.backends must be a non-empty list"),
     ("timeout: 3\nbackends: [{name: s, provider: replay, answers: [x]}]\n",

@@ -153,7 +153,7 @@ async def test_a_transient_status_is_retried_after_the_cooldown(ft, openai_serve
 
 async def test_connection_errors_are_retried_and_nothing_sleeps_after_the_last_attempt(ft):
     dead = BackendConfig(name="dead", provider="openai", base_url=f"http://127.0.0.1:{closed_port()}/v1")
-    async with make_router(ft, dead, retries=3) as router:
+    async with make_router(ft, dead, retries=2) as router:  # two retries: three attempts
         with pytest.raises(LlmUnavailable) as caught:
             await router.complete("hi", agent="x")
     assert caught.value.code == "llm-unavailable"
@@ -219,7 +219,7 @@ async def test_retry_after_zero_still_backs_off(ft, openai_server):
 
 async def test_a_429_on_the_last_attempt_does_not_sleep(ft, openai_server):
     openai_server.add(Fail(429, retry_after="2"), Fail(429, retry_after="2"))
-    async with make_router(ft, backend(openai_server), retries=2) as router:
+    async with make_router(ft, backend(openai_server), retries=1) as router:
         with pytest.raises(LlmUnavailable, match="no answer after 2 attempts.*HTTP 429"):
             await router.complete("hi", agent="x")
     assert ft.sleeps == [2.0]

@@ -71,7 +71,11 @@ def load_llm_section(check: Checker, node: yaml.Node, env: Mapping[str, str]) ->
             strategy = value
     retries = 3
     if "retries" in fields:
-        retries = check.scalar(fields["retries"][1], "llm.retries (attempts per request)", int, positive=True) or 3
+        value = check.scalar(fields["retries"][1], "llm.retries (attempts after the first)", int)
+        if value is not None and value < 0:
+            check.problem(fields["retries"][1], f"llm.retries (attempts after the first) must be 0 or more, not {value}")
+        elif value is not None:
+            retries = value
     backends: list[BackendConfig] = []
     if "backends" not in fields:
         check.problem(node, "llm needs backends: (a list of model servers)")

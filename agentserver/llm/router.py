@@ -10,7 +10,7 @@ A request goes through these stages, in this order:
 2. **Budget**: the same estimate is reserved against the agent's and the
    conversation's budgets (`budget.Ledger`); over a limit: `BudgetExceeded`, and
    nothing is sent.
-3. **Attempts**, at most `retries` in total, across backends. Each picks a backend by
+3. **Attempts**: the first and at most `retries` more, across backends. Each picks a backend by
    the strategy (`failover`: the first in config order; `round-robin`: the next after
    the last one picked; `least-loaded`: the fewest requests in flight), among the
    eligible backends that are not cooling down, preferring one whose bucket can serve
@@ -279,7 +279,7 @@ class LlmRouter:
     async def _attempts(self, turns: tuple[Message, ...], *, model: str | None, max_tokens: int,
                         temperature: float | None, grammar: str | None, relay: _Relay | None, estimate: int,
                         eligible: list[_Backend], agent: str, conversation: str | None) -> Completion:
-        retries = self.config.retries
+        attempts = self.config.retries + 1  # the first attempt, then `retries` more
         failures: list[str] = []
         candidates = list(eligible)
         attempt = 0
@@ -292,7 +292,7 @@ class LlmRouter:
                 return await self._attempt(backend, request, relay, estimate, first=attempt == 1)
             except BackendFailure as failure:
                 failures.append(f"{backend.name}: {failure.reason}")
-                where = f"backend {backend.name!r} (attempt {attempt} of {retries}, agent {agent!r}{_in(conversation)})"
+                where = f"backend {backend.name!r} (attempt {attempt} of {attempts}, agent {agent!r}{_in(conversation)})"
                 if failure.kind is FailureKind.REQUEST:
                     log.warning("llm: %s refused the request: %s", where, failure.reason)
                     raise LlmRequestError(f"backend {backend.name!r} refused the request: {failure.reason}") from None
@@ -301,7 +301,7 @@ class LlmRouter:
                     if failure.status in (401, 403):
                         self._cool_down(backend, failure, self.config.max_cooldown_s)
                     log.warning("llm: %s will not serve this request: %s%s", where, failure.reason,
-                                "; trying another backend" if candidates and attempt < retries else "")
+                                "; trying another backend" if candidates and attempt < attempts else "")
                     if not candidates:
                         raise LlmRequestError(_gave_up("every eligible backend refused the request", failures)) from None
                 else:
@@ -311,7 +311,7 @@ class LlmRouter:
                     raise LlmUnavailable(
                         f"backend {backend.name!r} failed after streaming {relay.chars} characters of the answer "
                         f"({failure.reason}); not retried, since the caller already received part of it") from None
-                if attempt >= retries:
+                if attempt >= attempts:
                     log.warning("llm: request of agent %r%s gave up after %d attempts", agent, _in(conversation),
                                 attempt)
                     raise LlmUnavailable(_gave_up(f"no answer after {attempt} attempts", failures)) from None
@@ -394,7 +394,7 @@ class LlmRouter:
             raise LlmUnavailable(_gave_up(
                 f"the next attempt would have to wait {delay:.1f} s (more than max_wait_s {self.config.max_wait_s:g})",
                 failures))
-        log.info("llm: retrying in %.2f s (attempt %d of %d)", delay, attempt + 1, self.config.retries)
+        log.info("llm: retrying in %.2f s (attempt %d of %d)", delay, attempt + 1, self.config.retries + 1)
         await self._sleep(delay)
 
     def _cool_down(self, backend: _Backend, failure: BackendFailure, seconds: float | None) -> float:

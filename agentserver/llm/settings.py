@@ -78,7 +78,7 @@ class LlmConfig:
 
     backends: tuple[BackendConfig, ...] = ()
     strategy: Strategy = "failover"
-    retries: int = 3  # attempts per request in total, across backends
+    retries: int = 3  # attempts after a request's first, across backends (so 4 in all)
     max_wait_s: float = 10.0  # the longest one pause between attempts may be
     max_cooldown_s: float = 60.0  # the longest a failing backend is set aside
     max_conversations: int = 100_000  # conversation ledgers kept before the oldest is dropped

@@ -7,13 +7,17 @@ thread's watchers on the way) or the `StepError` that ends the unit:
 - `timeout`: it ran over `handler_timeout_s` (the pump's shared `Deadlines` timer
   cancelled it; any other cancellation, such as shutdown, propagates);
 - `wrong-type`: it returned something it may not return;
-- `handler`: it raised (the exception rides along, logged with its traceback).
+- `handler`: it raised (the exception rides along, logged with its traceback);
+- an LLM error it let through (`meta.llm`): its own code (`budget`, `llm-error`,
+  `llm-unavailable`, `llm-too-large`).
 
 `metadata_for` is the `HandlerMetadata` of a delivery. `HandlerTasks` holds the
 running handlers: one task each in a task group that `run()` enters (`async with
 pump.handlers`), with the unit it handles, so the pump can cancel a conversation's
 handlers, or all of them, in one place; with them, the handlers' shared deadline
-timer and the loop-lag watchdog (watchdog.py) that names a handler blocking the loop.
+timer, the loop-lag watchdog (watchdog.py) that names a handler blocking the loop,
+and the organism's model router (agentserver.llm), which `meta.llm` uses and which
+is closed with them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 from typing import TYPE_CHECKING, Any, Coroutine, cast
 
 from agentserver.codes import ErrorCode
@@ -34,7 +39,9 @@ from agentserver.message_bus.stores import Stores
 from agentserver.message_bus.watchdog import LoopWatchdog
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.config import OrganismConfig
     from agentserver.limits import Limits
+    from agentserver.message_bus.listeners import Listener
     from agentserver.message_bus.calls import CallDesk
     from agentserver.message_bus.listeners import Routes
     from agentserver.message_bus.thread_registry import Conversation
@@ -42,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["call_handler", "metadata_for", "HandlerTasks"]
 
 
-def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "CallDesk") -> HandlerMetadata:
+def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "CallDesk", llm: Any = None) -> HandlerMetadata:
     """The metadata of `state` delivered along `route`: its thread, who sent it, and for
     agents their name, usage instructions and raised todos; the thread's history; the
     conversation's id as its client knows it; and `ask`, bound to this delivery."""
@@ -59,18 +66,35 @@ def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "Ca
         message_id=state.message_id,
         call_id=thread.call_id or "",
         _ask=functools.partial(desk.ask, state, route),
+        _llm=functools.partial(ask_model, llm, listener, thread.conversation),
     )
 
 
+async def ask_model(router: Any, listener: "Listener", conversation: "Conversation", messages: Any, **options: Any) -> Any:
+    """`meta.llm`: the router, with this listener's `llm:` defaults and budgets, on the
+    conversation's budget account."""
+    if router is None:
+        from agentserver.llm.types import LlmConfigError
+
+        raise LlmConfigError("meta.llm: this organism has no llm: section (model backends) in its configuration")
+    settings = listener.llm
+    if settings is not None:
+        for key in ("model", "max_tokens", "temperature"):
+            options.setdefault(key, getattr(settings, key))
+        options.setdefault("budget", settings.budget)
+    return await router.complete(messages, agent=listener.name, conversation=str(conversation.id), **options)
+
+
 async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx: PipelineContext,
-                       deadlines: Deadlines, desk: "CallDesk") -> list[MessageState] | StepError:
+                       runtime: "HandlerTasks", desk: "CallDesk") -> list[MessageState] | StepError:
     """Run the handler of `route` on `state` under its deadline (see the module docstring)."""
     listener = route.listener
     task = asyncio.current_task()
     assert task is not None
+    deadlines = runtime.deadlines
     key = deadlines.watch(task)
     try:
-        result = await listener.handler(state.payload, metadata_for(state, route, stores, desk))
+        result = await listener.handler(state.payload, metadata_for(state, route, stores, desk, runtime.llm))
         responses = build_responses(result, sender=listener.name, thread=route.thread, ctx=ctx)
     except asyncio.CancelledError:
         if not deadlines.claim(task):
@@ -80,6 +104,9 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
     except WrongType as exc:
         return StepError(ErrorCode.WRONG_TYPE, f"{listener.name}: {exc}", HANDLER_STEP)
     except Exception as exc:
+        code = _llm_code(exc)
+        if code is not None:
+            return StepError(code, f"{listener.name}: {type(exc).__name__}: {exc}", HANDLER_STEP)
         return StepError(ErrorCode.HANDLER, f"{listener.name} raised {type(exc).__name__}: {exc}", HANDLER_STEP, exc)
     finally:
         deadlines.unwatch(task, key)
@@ -88,10 +115,23 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
     return responses.states
 
 
-class HandlerTasks:
-    """The running handler tasks and their units, in a task group entered by `run()`."""
+def _llm_code(exc: Exception) -> ErrorCode | None:
+    """The code of an LLM error (agentserver.llm is imported only by organisms using it)."""
+    types = sys.modules.get("agentserver.llm.types")
+    if types is None or not isinstance(exc, types.LlmError):
+        return None
+    try:
+        return ErrorCode(exc.code)
+    except ValueError:
+        return ErrorCode.LLM_ERROR
 
-    def __init__(self, limits: "Limits", routes: "Routes") -> None:
+
+class HandlerTasks:
+    """The running handler tasks and their units, in a task group entered by `run()`;
+    the model router handlers use (None: the organism has no `llm:`)."""
+
+    def __init__(self, limits: "Limits", routes: "Routes", llm: Any = None) -> None:
+        self.llm = llm
         self.deadlines = Deadlines(limits.handler_timeout_s)  # one timer for every running handler
         self.watchdog = LoopWatchdog(limits.loop_lag_warning_s, {
             listener.handler.__code__: name for name, listener in routes.by_name.items() if hasattr(listener.handler, "__code__")})
@@ -111,7 +151,25 @@ class HandlerTasks:
         self.watchdog.stop()
         self.deadlines.close()
         assert self.group is not None
-        await self.group.__aexit__(*exc_info)
+        try:
+            await self.group.__aexit__(*exc_info)
+        finally:
+            if self.llm is not None:
+                await self.llm.aclose()
+
+    @classmethod
+    def for_organism(cls, config: "OrganismConfig", routes: "Routes") -> "HandlerTasks":
+        llm = None
+        if config.llm is not None:
+            from agentserver.llm.router import LlmRouter
+
+            llm = LlmRouter(config.llm, env=config.env)
+        return cls(config.limits, routes, llm)
+
+    def forget(self, conversation: "Conversation") -> None:
+        """The conversation is over: its token ledger goes."""
+        if self.llm is not None:
+            self.llm.forget_conversation(str(conversation.id))
 
     def __len__(self) -> int:
         return len(self._running)

@@ -115,6 +115,7 @@ class Listener:
     system: bool = False
     usage_instructions: str = ""
     example_xml: str = ""
+    llm: Any = None  # agentserver.llm.AgentLlmConfig: model, limits and budget of its meta.llm calls
 
     @property
     def root_tag(self) -> str:
@@ -172,6 +173,7 @@ class Routes:
             agent=spec.agent,
             peers=frozenset(spec.peers or ()) if (spec.peers is not None or spec.agent) else None,
             concurrency=concurrency,
+            llm=spec.llm,
         )
 
     def usage_instructions(self, agent: Listener) -> str:

@@ -260,6 +260,7 @@ class HandlerMetadata:
     call_id: str = ""  # the call this handler is answering (what a respond() answers)
     redelivered: bool = False  # this message was handled before, by a process that died
     _ask: Callable[[str, Any, float | None], Awaitable[Any]] | None = field(default=None, repr=False, compare=False)
+    _llm: Callable[..., Awaitable[Any]] | None = field(default=None, repr=False, compare=False)
 
     async def ask(self, peer: str, payload: Any, *, timeout: float | None = None) -> Any:
         """Send `payload` to `peer` (as `HandlerResponse(payload, to=peer)` would) and return
@@ -269,6 +270,19 @@ class HandlerMetadata:
         if self._ask is None:
             raise RuntimeError("meta.ask works in a handler the pump called")
         return await self._ask(peer, payload, timeout)
+
+    async def llm(self, messages: Any, **options: Any) -> Any:
+        """Ask the organism's language models (`llm:` in organism.yaml): `messages` is a
+        string (one user message) or a list of {"role", "content"} dicts. Options:
+        `model`, `max_tokens`, `temperature` (defaults: this listener's `llm:` block),
+        `grammar` (GBNF), `on_token` (a callable: the answer streams to it). Returns a
+        `Completion(text, usage, backend, model)`, counted against this conversation's
+        and this agent's token budgets. Raises `agentserver.llm.LlmError` (`code`:
+        budget, llm-error, llm-unavailable, llm-too-large); left unhandled, the caller
+        hears a SystemError with that code."""
+        if self._llm is None:
+            raise RuntimeError("meta.llm works in a handler the pump called")
+        return await self._llm(messages, **options)
 
 
 @dataclass(frozen=True, slots=True)

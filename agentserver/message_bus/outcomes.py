@@ -72,6 +72,12 @@ NOTIFY: dict[ErrorCode, Notify] = {
     E.HANDLER: Notify.CALLER,
     E.TIMEOUT: Notify.CALLER,
     E.WRONG_TYPE: Notify.CALLER,
+    E.BUDGET: Notify.CALLER,
+    E.LLM_ERROR: Notify.CALLER,
+    E.LLM_UNAVAILABLE: Notify.CALLER,
+    E.LLM_TOO_LARGE: Notify.CALLER,
+    E.LLM_CONFIG: Notify.CALLER,
+    E.LLM_INVALID: Notify.CALLER,
     E.NO_ANSWER: Notify.NOBODY,  # raised in the waiting handler, not reported
     E.LATE: Notify.NOBODY,
     E.HOPS: Notify.ROOT,

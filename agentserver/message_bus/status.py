@@ -26,6 +26,7 @@ def pump_status(pump: "StreamPump") -> dict[str, Any]:
         todos=len(stores.todos),
         dead_letters=pump.dead_letters.total,
         clients=list(pump.mailboxes),
+        llm=pump.handlers.llm.status() if pump.handlers.llm is not None else None,
         open_conversations=[
             {"id": c.id, "client": c.client, "external_thread": c.external_id, "pending": c.pending, "hops": c.hops}
             for c in stores.threads.open_conversations()[:MAX_CONVERSATIONS_SHOWN]

@@ -52,7 +52,6 @@ log = logging.getLogger("agentserver.pump")
 
 SLICE_S = 0.001  # the dispatch loop gives the event loop back at least this often, so started handlers run
 GRACE_S = 2.0  # after the deadline: how long cancelled handlers and the pipeline get to finish
-E = ErrorCode
 
 
 class StreamPump:
@@ -69,7 +68,7 @@ class StreamPump:
         depth_first = config.thread_scheduling == "depth-first"
         self.admission = Admission(limits.intake_capacity, config.max_concurrent_pipelines, depth_first)
         self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first=depth_first)
-        self.handlers = HandlerTasks(limits, self.routes)
+        self.handlers = HandlerTasks.for_organism(config, self.routes)  # also owns the model router, if any
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
         self.calls = Calls()  # awaited calls (meta.ask)
         self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self._push, start=self._start)
@@ -109,10 +108,10 @@ class StreamPump:
         assert conversation is not None  # built on a thread, so bound to its conversation
         over = self.guard.over_budget(conversation)
         if self.admission.stopping:
-            self._fail(state, E.SHUTDOWN, "sent during shutdown")
+            self._fail(state, ErrorCode.SHUTDOWN, "sent during shutdown")
         elif over:
-            self._fail(state, E.CONVERSATION_BUDGET, over)
-            self.guard.end(conversation, E.CONVERSATION_BUDGET)
+            self._fail(state, ErrorCode.CONVERSATION_BUDGET, over)
+            self.guard.end(conversation, ErrorCode.CONVERSATION_BUDGET)
         else:
             self.admission.push(state, conversation.lane, conversation.id)
 
@@ -142,7 +141,7 @@ class StreamPump:
         if state.error is not None:
             self._fail(state)
         elif self.admission.stopping:
-            self._fail(state, E.SHUTDOWN, "not started before shutdown")
+            self._fail(state, ErrorCode.SHUTDOWN, "not started before shutdown")
         elif ended is not None:
             self._fail(state, ended, f"the conversation was ended ({ended})")
         elif isinstance(route, ToClient):
@@ -156,7 +155,7 @@ class StreamPump:
             conversation = route.thread.conversation
             answered = self.calls.answer(state, route)  # the answer to an awaited call resumes its waiter
             if answered is not None:
-                self._settle(state) if answered else self._fail(state, E.LATE, f"answer to call {state.call_id} came late")
+                self._settle(state) if answered else self._fail(state, ErrorCode.LATE, f"answer to call {state.call_id} came late")
             elif self.slots.take(route.listener.name, state, conversation.lane, conversation.id):
                 self._start(state)
 
@@ -173,16 +172,16 @@ class StreamPump:
         if session.deliver(reply_outbound(state, route)) if session is not None else route.client == "system":
             self._settle(state)
         else:
-            self._fail(state, E.UNDELIVERABLE, f"client {route.client!r} is gone or not reading")
+            self._fail(state, ErrorCode.UNDELIVERABLE, f"client {route.client!r} is gone or not reading")
 
     # ------------------------------------------------------------------ 4. handlers
     async def _handle(self, state: MessageState, route: Delivery) -> None:
         listener = route.listener
         ok = False
         try:
-            stop = route.thread.conversation.ended or (E.SHUTDOWN if self.admission.stopping else None)
+            stop = route.thread.conversation.ended or (ErrorCode.SHUTDOWN if self.admission.stopping else None)
             outcome = (StepError(stop, f"{listener.name} not called: {stop}", "handler") if stop
-                       else await call_handler(state, route, self.stores, self.ctx, self.handlers.deadlines, self.desk))
+                       else await call_handler(state, route, self.stores, self.ctx, self.handlers, self.desk))
             if isinstance(outcome, StepError):
                 state.error = outcome
                 self._fail(state)
@@ -193,7 +192,7 @@ class StreamPump:
                 self._settle(state)
         except asyncio.CancelledError:
             ended = route.thread.conversation.ended  # cancelled because its conversation ended, or by shutdown
-            self._fail(state, ended or E.SHUTDOWN, f"{listener.name} cancelled ({ended or 'shutdown'})")
+            self._fail(state, ended or ErrorCode.SHUTDOWN, f"{listener.name} cancelled ({ended or 'shutdown'})")
             if not ended:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -232,6 +231,7 @@ class StreamPump:
         finished = state.release()
         if finished is not None:
             self.stores.forget(finished)
+            self.handlers.forget(finished)
         if self.counters.in_flight == 0:
             self._idle.set()
         self.stores.sweep(self.ctx.clock())  # also on the tick: idle conversations go with or without traffic
@@ -263,14 +263,14 @@ class StreamPump:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle(), self.config.limits.shutdown_timeout_s if timeout is None else timeout)
         clean = not self.counters.in_flight
-        dropped_before = self.counters.errored[E.SHUTDOWN]
+        dropped_before = self.counters.errored[ErrorCode.SHUTDOWN]
         self._stop()
         for state in await self.handlers.wait(GRACE_S):  # these ignored their cancellation
-            self._fail(state, E.SHUTDOWN, "its handler ignored its cancellation at shutdown")
+            self._fail(state, ErrorCode.SHUTDOWN, "its handler ignored its cancellation at shutdown")
         if running and self._run_task is not None and self._run_task is not asyncio.current_task():
             await asyncio.wait([self._run_task], timeout=GRACE_S)
         self._report = ShutdownReport(handled=self.counters.handled, errored=self.counters.errored_total,
-                                      dropped=self.counters.errored[E.SHUTDOWN] - dropped_before, clean=clean)
+                                      dropped=self.counters.errored[ErrorCode.SHUTDOWN] - dropped_before, clean=clean)
         log.info("shutdown %s", self._report)
         return self._report
 
@@ -279,7 +279,7 @@ class StreamPump:
         self.admission.closing = self.admission.stopping = True
         self.guard.stop()
         for state in self.admission.drain() + self.slots.drain() + self.handlers.lost:
-            self._fail(state, E.SHUTDOWN, "never started before shutdown")
+            self._fail(state, ErrorCode.SHUTDOWN, "never started before shutdown")
         self.handlers.cancel()
         self.admission.wake()
 
