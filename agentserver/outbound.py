@@ -14,10 +14,13 @@ from lxml import etree
 
 __all__ = ["Outbound", "OutboundKind", "Reply", "AskError", "HuhError", "RemoteError", "AskTimeout"]
 
+CONTROL_NS = "https://xml-pipeline.org/ns/control/v1"  # the control namespace (control.py)
+
 
 class OutboundKind(str, Enum):
     REPLY = "reply"  # a payload addressed to the client (an answer, or a SystemError)
     HUH = "huh"  # the server refused one of the client's own messages
+    STREAM = "stream"  # a piece of the answering agent's text, as its model writes it (`message`)
 
     def __str__(self) -> str:
         return self.value
@@ -43,6 +46,20 @@ class Outbound:
         self.kind, self.thread_id, self.sender, self.payload = kind, thread_id, sender, payload
         self.code, self.message = code, message
         self._envelope, self._payload_xml = envelope, payload_xml
+
+    @classmethod
+    def stream(cls, thread_id: str, sender: str, text: str) -> "Outbound":
+        """A piece of an agent's answer for the client that asked on `thread_id` to see it
+        stream; on the wire a control frame `<ctl:tokens thread=.. from=..>text</ctl:tokens>`."""
+
+        def frame() -> bytes:
+            element = etree.Element(f"{{{CONTROL_NS}}}tokens", nsmap={"ctl": CONTROL_NS})
+            element.set("thread", thread_id)
+            element.set("from", sender)
+            element.text = text
+            return etree.tostring(element)
+
+        return cls(OutboundKind.STREAM, thread_id, sender, frame, message=text)
 
     @property
     def envelope(self) -> bytes:

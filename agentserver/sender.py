@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from lxml import etree
 
 from agentserver.envelope import build_envelope
-from agentserver.outbound import AskTimeout, HuhError, Outbound, RemoteError, Reply
+from agentserver.outbound import AskTimeout, HuhError, Outbound, OutboundKind, RemoteError, Reply
 from agentserver.primitives import SystemError
 from agentserver.xmlsafe import SafeXml
 
@@ -59,6 +59,7 @@ class ExternalSender:
         self._xml = xml
         self._payload_types = payload_types
         self._waiters: dict[str, asyncio.Future[Outbound]] = {}
+        self._streams: dict[str, Callable[[str], None]] = {}  # thread id -> where its streamed text goes
         self._inbox: asyncio.Queue[Outbound | None] = asyncio.Queue(inbox_size)
         self.dropped = 0
         # new thread ids: UUID-shaped, a random prefix per sender and a counter (uuid4
@@ -81,11 +82,18 @@ class ExternalSender:
         await self._transmit(raw, thread_id)
         return thread_id
 
-    async def ask(self, payload: Any, *, to: str | None = None, timeout: float = 30.0) -> Reply:
-        """Send and wait for the first frame on that thread: a Reply, or HuhError/RemoteError/AskTimeout."""
+    async def ask(self, payload: Any, *, to: str | None = None, timeout: float = 30.0,
+                  on_token: Callable[[str], None] | None = None) -> Reply:
+        """Send and wait for the first frame on that thread: a Reply, or HuhError/RemoteError/AskTimeout.
+
+        With `on_token`, the answering agent's text is passed to it as its model writes it
+        (an LLM agent streams; other handlers send nothing); the reply is validated XML."""
         raw, thread_id = self.envelope(payload, to=to)
         waiter = asyncio.get_running_loop().create_future()
         self._waiters[thread_id] = waiter
+        if on_token is not None:
+            self._streams[thread_id] = on_token
+            await self._want_stream(thread_id)
         try:
             async with asyncio.timeout(timeout):
                 await self._transmit(raw, thread_id)
@@ -94,10 +102,24 @@ class ExternalSender:
             raise AskTimeout(f"no reply on thread {thread_id} within {timeout}s") from None
         finally:
             self._waiters.pop(thread_id, None)
+            if self._streams.pop(thread_id, None) is not None:
+                self._unwant_stream(thread_id)
         return outbound_result(outbound)
+
+    async def _want_stream(self, thread_id: str) -> None:
+        """Ask the server to stream the answer on `thread_id` (subclasses say how)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream answers")
+
+    def _unwant_stream(self, thread_id: str) -> None:
+        """The ask on `thread_id` is over: streaming it is no longer wanted."""
 
     def _deliver(self, outbound: Outbound) -> bool:
         """A frame arrived: wake its `ask`, or keep it for `receive`. False if it had to be dropped."""
+        if outbound.kind is OutboundKind.STREAM:
+            on_token = self._streams.get(outbound.thread_id)
+            if on_token is not None:
+                on_token(outbound.message)
+            return True
         waiter = self._waiters.pop(outbound.thread_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(outbound)

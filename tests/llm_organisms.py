@@ -30,3 +30,25 @@ async def thinker(payload: Question, meta: HandlerMetadata) -> HandlerResponse:
                                 on_token=pieces.append if PROBE.notes.get("stream") else None)
     PROBE.notes["pieces"] = pieces
     return HandlerResponse.respond(Answer(text=completion.text, tokens=completion.usage.total, backend=completion.backend))
+
+
+@xmlify
+@dataclass
+class Speak:
+    words: str
+
+
+async def speaker(payload: Speak, meta: HandlerMetadata) -> HandlerResponse:
+    """Streams its words one by one (when its client asked), then answers them whole; asks
+    the echoer first, whose meta.stream must be None (it does not answer the client)."""
+    PROBE.notes["speaker_streams"] = meta.stream is not None
+    await meta.ask("echoer", Speak(words="inner"))
+    for word in payload.words.split():
+        if meta.stream is not None:
+            meta.stream(word + " ")
+    return HandlerResponse.respond(Speak(words=payload.words))
+
+
+async def echoer(payload: Speak, meta: HandlerMetadata) -> HandlerResponse:
+    PROBE.notes["echoer_streams"] = meta.stream is not None
+    return HandlerResponse.respond(payload)

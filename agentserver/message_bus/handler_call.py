@@ -26,7 +26,7 @@ import asyncio
 import functools
 import inspect
 import sys
-from typing import TYPE_CHECKING, Any, Coroutine, cast
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, cast
 
 from agentserver.codes import ErrorCode
 from agentserver.message_bus.deadlines import Deadlines
@@ -37,6 +37,7 @@ from agentserver.message_bus.responses import WrongType, build_responses
 from agentserver.message_bus.stores import Stores
 
 from agentserver.message_bus.watchdog import LoopWatchdog
+from agentserver.outbound import Outbound
 
 if TYPE_CHECKING:  # pragma: no cover
     from agentserver.config import OrganismConfig
@@ -67,7 +68,20 @@ def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "Ca
         call_id=thread.call_id or "",
         _ask=functools.partial(desk.ask, state, route),
         _llm=functools.partial(ask_model, llm, listener, thread.conversation),
+        stream=_stream_sink(route),
     )
+
+
+def _stream_sink(route: Delivery) -> Callable[[str], None] | None:
+    """Where this handler's text streams: to the client at the root, if this handler
+    answers it directly and it asked to see the answer stream."""
+    thread = route.thread
+    conversation = thread.conversation
+    session, external_id = conversation.session, conversation.external_id
+    if session is None or external_id is None or external_id not in session.streaming or thread.parent is not conversation.root:
+        return None
+    sender = route.listener.name
+    return lambda text: None if session.deliver(Outbound.stream(external_id, sender, text)) else None
 
 
 async def ask_model(router: Any, listener: "Listener", conversation: "Conversation", messages: Any, **options: Any) -> Any:

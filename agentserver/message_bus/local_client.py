@@ -54,5 +54,13 @@ class LocalClient(ExternalSender):
         `cancelled` arrives on that thread. False if it is not open (any more)."""
         return self.session is not None and self.pump.cancel(self.session, thread_id)
 
+    async def _want_stream(self, thread_id: str) -> None:
+        if self.session is not None:
+            self.session.streaming.add(thread_id)
+
+    def _unwant_stream(self, thread_id: str) -> None:
+        if self.session is not None:
+            self.session.streaming.discard(thread_id)
+
     async def _transmit(self, raw: bytes, thread_id: str) -> None:
         await self.pump.inject(raw, session=self.session, thread_id=thread_id)

@@ -29,13 +29,14 @@ Mailbox = Callable[[Outbound], bool]
 class Session:
     """One attached external sender. Identity is the object (and its `id`), not the name."""
 
-    __slots__ = ("id", "name", "_mailbox", "attached")
+    __slots__ = ("id", "name", "_mailbox", "attached", "streaming")
 
     def __init__(self, id: int, name: str, mailbox: Mailbox) -> None:
         self.id = id
         self.name = name
         self._mailbox = mailbox
         self.attached = True
+        self.streaming: set[str] = set()  # thread ids whose answering agent's text the client wants as it streams
 
     def deliver(self, outbound: Outbound) -> bool:
         """Hand `outbound` to this session's mailbox; False if it is gone or full."""

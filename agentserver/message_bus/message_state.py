@@ -261,6 +261,9 @@ class HandlerMetadata:
     redelivered: bool = False  # this message was handled before, by a process that died
     _ask: Callable[[str, Any, float | None], Awaitable[Any]] | None = field(default=None, repr=False, compare=False)
     _llm: Callable[..., Awaitable[Any]] | None = field(default=None, repr=False, compare=False)
+    # the client at the root asked to see this handler's answer as it is written: pieces of
+    # text go to it (an LLM agent passes it as meta.llm's on_token); None when nobody asked
+    stream: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
     async def ask(self, peer: str, payload: Any, *, timeout: float | None = None) -> Any:
         """Send `payload` to `peer` (as `HandlerResponse(payload, to=peer)` would) and return
