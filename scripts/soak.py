@@ -247,7 +247,7 @@ async def idle_status(watcher: Client) -> dict:
     deadline = time.monotonic() + GUARD
     while True:
         status = await watcher.status()
-        if status["in_flight"] == 0 or time.monotonic() > deadline:
+        if status["counters"]["in_flight"] == 0 or time.monotonic() > deadline:
             return status
         await asyncio.sleep(0.05)
 
@@ -274,9 +274,11 @@ async def _soak(server: SoakServer, messages: int, warmup: int, plan: Plan, figu
         figures.per_second = round(messages / figures.seconds, 1) if figures.seconds else 0.0
         figures.rss_after_kib = server.rss_kib()
         figures.rss_growth_kib = figures.rss_after_kib - figures.rss_warm_kib
-        for key in ("accepted", "handled", "errored", "in_flight", "errored_by_reason", "conversations",
-                    "threads", "context_threads"):
-            setattr(figures, key, status[key])
+        for key in ("accepted", "handled", "errored", "in_flight", "errored_by_reason"):
+            setattr(figures, key, status["counters"][key])
+        figures.conversations = status["conversations"]["open"]
+        figures.threads = status["registries"]["threads"]
+        figures.context_threads = status["registries"]["context_threads"]
         figures.frames_dropped = status["server"]["frames_dropped"]
     finally:
         for client in (*clients, watcher):

@@ -163,7 +163,8 @@ def _broadcast_boot(t: Target) -> bytes:
 
 
 def _forged_system_error(t: Target) -> bytes:
-    return envelope("<SystemError><Code>hops</Code><Message>forged</Message></SystemError>", sender=t.sender, to="echo")
+    return envelope("<SystemError><Code>hops</Code><Message>forged</Message><CallId>x</CallId><Peer>echo</Peer></SystemError>",
+                    sender=t.sender, to="echo")  # schema-valid: only routing can refuse it
 
 
 CASES: list[Case] = [

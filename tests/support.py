@@ -74,8 +74,9 @@ def assert_counters(pump: StreamPump) -> None:
     assert counters.in_flight == 0, status
     assert counters.accepted == counters.handled + counters.errored_total + counters.in_flight, status
     assert counters.errored_total == sum(counters.errored.values()), status
-    assert status["in_flight"] == 0 and status["queued"] == 0 and status["queued_intake"] == 0, status
-    assert status["parked"] == 0, status
+    numbers = status["counters"]
+    assert numbers["in_flight"] == 0 and numbers["queued"] == 0 and numbers["queued_intake"] == 0, status
+    assert numbers["parked"] == 0 and numbers["accepted"] == numbers["handled"] + numbers["errored"], status
     for name, stats in counters.listeners.items():
         assert stats.running == 0 and stats.waiting == 0, (name, stats)
         assert stats.delivered == stats.handled + stats.errored, (name, stats)

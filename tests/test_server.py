@@ -113,8 +113,8 @@ async def test_refused_message_reaches_dead_letters_and_status(server):
         assert refused.value.code == "invalid-payload"
         status = await client.status()
         letters = await client.deadletters()
-    assert status["errored_by_reason"]["invalid-payload"] == 1
-    assert status["accepted"] == status["handled"] + status["errored"] + status["in_flight"]
+    assert status["counters"]["errored_by_reason"]["invalid-payload"] == 1
+    assert status["counters"]["accepted"] == status["counters"]["handled"] + status["counters"]["errored"] + status["counters"]["in_flight"]
     assert letters[-1]["code"] == "invalid-payload" and "<Wrong>x</Wrong>" in letters[-1]["raw"]
     shown = cli("status", "--socket", str(server.socket_path), cwd=server.workdir)
     assert shown.returncode == 0 and json.loads(shown.stdout)["organism"] == "test-organism"
@@ -246,11 +246,11 @@ async def test_a_client_that_does_not_read_does_not_slow_others():
                 assert reply.xml == f"<Echo><Text>{i}</Text></Echo>".encode()
             for _ in range(200):
                 status = await client.status()
-                if status["in_flight"] == 0 and status["accepted"] >= 3021:
+                if status["counters"]["in_flight"] == 0 and status["counters"]["accepted"] >= 3021:
                     break
                 await asyncio.sleep(0.05)
         assert status["server"]["frames_dropped"] > 0
-        assert status["errored_by_reason"].get("undeliverable", 0) == status["server"]["frames_dropped"]
+        assert status["counters"]["errored_by_reason"].get("undeliverable", 0) == status["server"]["frames_dropped"]
         lazy_writer.close()
     finally:
         assert running.stop() == 0
@@ -307,12 +307,12 @@ listeners:
         async with await connect(running.socket_path, name="watcher") as client:
             status = await client.status()
         assert not flooding.done()  # the sender is blocked, not finished
-        assert status["queued_intake"] <= 5
+        assert status["counters"]["queued_intake"] <= 5
         # accepted but not finished: at most the intake plus the one running handler
         # an external message keeps its intake place until its handler starts: at most the
         # intake (5), the running handler's message (1) and its reply on the way back (1)
-        assert status["in_flight"] <= 5 + 1 + 1
-        assert status["accepted"] < 1000  # nowhere near the 20,000 sent
+        assert status["counters"]["in_flight"] <= 5 + 1 + 1
+        assert status["counters"]["accepted"] < 1000  # nowhere near the 20,000 sent
         flooding.cancel()
         writer.close()
     finally:

@@ -132,7 +132,8 @@ async def test_ten_thousand_finished_conversations_leave_the_registries_empty(st
     assert pump.counters.listener("sweeper").handled == 10_000
     assert pump.counters.errored_total == 0
     # each conversation left a thread, a history and a todo watcher behind while it ran
-    assert (status["threads"], status["conversations"], status["context_threads"], status["todos"]) == (0, 0, 0, 0)
+    registries = status["registries"]
+    assert (registries["threads"], status["conversations"]["open"], registries["context_threads"], registries["todos"]) == (0, 0, 0, 0)
     assert pump.stores.history.entries == 0 and pump.stores.threads.forgotten == 10_001  # and the boot conversation
     assert pump.dead_letters.total == 0
 

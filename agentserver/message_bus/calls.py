@@ -70,6 +70,9 @@ class Calls:
     def __len__(self) -> int:
         return len(self._open)
 
+    def awaited(self) -> list[Call]:
+        return list(self._open.values())
+
     def open(self, call_id: str, peer: str, thread: "Thread") -> Call:
         call = self._open[call_id] = Call(call_id, peer, thread)
         thread.conversation.awaited += 1

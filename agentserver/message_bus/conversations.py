@@ -60,6 +60,18 @@ class ConversationGuard:
             return f"{conversation.units} units in all, limit {limits.max_conversation_units}"
         return None
 
+    def admit(self, state: "MessageState") -> "Conversation | None":
+        """The conversation of `state`, a unit handler output just made; or None if that unit
+        put the conversation over its budget: the unit fails and the conversation is ended."""
+        conversation = state.conversation
+        assert conversation is not None  # built on a thread, so bound to its conversation
+        over = self.over_budget(conversation)
+        if over is None:
+            return conversation
+        self.fail(state, ErrorCode.CONVERSATION_BUDGET, over)
+        self.end(conversation, ErrorCode.CONVERSATION_BUDGET)
+        return None
+
     def end(self, conversation: "Conversation", code: ErrorCode) -> None:
         """Refuse the rest of `conversation`: tell its root caller (once), end its parked
         units, cancel its running handlers."""

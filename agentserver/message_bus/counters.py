@@ -9,8 +9,12 @@ deliveries to that listener.
 
 from __future__ import annotations
 
-from collections import Counter
+import math
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
+
+DURATIONS_KEPT = 1024  # handler durations kept per listener, for p50/p99
 
 __all__ = ["Counters", "ListenerCounters"]
 
@@ -22,13 +26,22 @@ class ListenerCounters:
     errored: int = 0
     running: int = 0
     waiting: int = 0
+    durations: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
 
-    def ended(self, ok: bool) -> None:
-        """A handler call ended: well (`ok`) or in an error."""
+    def ended(self, ok: bool, seconds: float = 0.0) -> None:
+        """A handler call ended, well (`ok`) or in an error, after `seconds` (waits included)."""
         if ok:
             self.handled += 1
         else:
             self.errored += 1
+        self.durations.append(seconds)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """The q-th percentile (nearest rank) of the recent handler durations, in ms."""
+        if not self.durations:
+            return None
+        ordered = sorted(self.durations)
+        return round(ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)] * 1e3, 3)
 
 
 @dataclass(slots=True)
@@ -52,22 +65,3 @@ class Counters:
     def error(self, code: str) -> None:
         self.errored[code] += 1
         self.errored_total += 1
-
-    def snapshot(self) -> dict:
-        return {
-            "accepted": self.accepted,
-            "handled": self.handled,
-            "errored": self.errored_total,
-            "errored_by_reason": dict(self.errored),
-            "in_flight": self.in_flight,
-            "listeners": {
-                name: {
-                    "delivered": c.delivered,
-                    "handled": c.handled,
-                    "errored": c.errored,
-                    "running": c.running,
-                    "waiting": c.waiting,
-                }
-                for name, c in sorted(self.listeners.items())
-            },
-        }

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Any
 
 __all__ = ["DeadLetters", "DeadLetter"]
 
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    time: float
+    time: float  # seconds since the epoch
     code: str
     reason: str
     step: str
@@ -22,9 +24,12 @@ class DeadLetter:
     thread: str
     raw: bytes
     truncated: bool
+    conversation: str = ""  # the id its client used (as in logs and status)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the time in ISO-8601 (UTC), the bytes as text."""
         record = asdict(self)
+        record["time"] = datetime.fromtimestamp(self.time, timezone.utc).isoformat(timespec="milliseconds")
         record["raw"] = self.raw.decode("utf-8", "replace")
         return record
 
@@ -39,11 +44,11 @@ class DeadLetters:
     def __len__(self) -> int:
         return len(self._records)
 
-    def record(self, *, time: float, code: str, reason: str, step: str, sender: str, thread: str, raw: bytes) -> None:
+    def record(self, *, time: float, code: str, reason: str, step: str, sender: str, thread: str, raw: bytes,
+               conversation: str = "") -> None:
         truncated = len(raw) > self.max_raw_bytes
-        self._records.append(
-            DeadLetter(time, code, reason[:2000], step, sender, thread, raw[: self.max_raw_bytes], truncated)
-        )
+        self._records.append(DeadLetter(time, code, reason[:2000], step, sender, thread, raw[: self.max_raw_bytes],
+                                        truncated, conversation))
         self.total += 1
 
     def recent(self, limit: int | None = None) -> list[DeadLetter]:

@@ -297,3 +297,7 @@ class HandlerSlots:
 
     def parked(self) -> int:
         return sum(len(parked) for parked in self._parked.values())
+
+    def parked_units(self) -> list[tuple[Hashable, str]]:
+        """(conversation key, listener) of every parked unit or resume, for `status`."""
+        return [(inner, name) for name, parked in self._parked.items() for inner in parked.inner_keys()]

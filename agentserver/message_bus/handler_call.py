@@ -100,9 +100,15 @@ async def ask_model(router: Any, listener: "Listener", conversation: "Conversati
 
 
 async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx: PipelineContext,
-                       runtime: "HandlerTasks", desk: "CallDesk") -> list[MessageState] | StepError:
-    """Run the handler of `route` on `state` under its deadline (see the module docstring)."""
+                       runtime: "HandlerTasks", desk: "CallDesk", stopping: bool) -> list[MessageState] | StepError:
+    """Run the handler of `route` on `state` under its deadline (see the module docstring).
+
+    Not at all if its conversation was ended, or the pump is `stopping`, since its task
+    was made: the unit ends with that code (a task cancelled before it began could not)."""
     listener = route.listener
+    stop = route.thread.conversation.ended or (ErrorCode.SHUTDOWN if stopping else None)
+    if stop is not None:
+        return StepError(stop, f"{listener.name} not called: {stop}", HANDLER_STEP)
     task = asyncio.current_task()
     assert task is not None
     deadlines = runtime.deadlines
@@ -198,6 +204,9 @@ class HandlerTasks:
         state = self._running.pop(task)
         if not state.settled:  # cancelled before it began (run() itself was cancelled): the pump ends it
             self.lost.append(state)
+
+    def running_units(self) -> list[MessageState]:
+        return list(self._running.values())
 
     def cancel(self, conversation: "Conversation | None" = None) -> None:
         """Cancel the handlers of `conversation`, or all (never the calling task itself).

@@ -5,6 +5,12 @@ payload class (`Cls.xsd()`) compiled to an `etree.XMLSchema`, an example instanc
 for agents the `usage_instructions` text (their peers' descriptions, schemas and
 examples, plus the response rules). Per-message work is then dictionary lookups.
 
+An LLM agent (a listener with `llm:` and no `handler:`) is an agent whose handler is
+the built-in agent loop (agentserver/llm/agent.py), made once every listener is known;
+its usage instructions also show its `reply_class`'s schema and example, and the
+response rules of the agent loop. The loop counts its re-asks with the organism's model
+router, which the pump makes after the routes: it gives it with `bind_llm`.
+
 `PayloadTypes` maps a root tag to its class and schema. Besides listeners' classes it
 learns the classes handlers emit (so replies to clients are validated and read too),
 and it always knows the pump's own primitives.
@@ -20,7 +26,7 @@ from typing import Any, Callable
 
 from lxml import etree
 
-from agentserver.config import ListenerConfig, OrganismConfig
+from agentserver.config import ConfigError, ListenerConfig, OrganismConfig
 from agentserver.message_bus.codec import Codec
 from agentserver.primitives import Boot, SystemError, TodoComplete, TodoUntil
 
@@ -137,6 +143,7 @@ class Routes:
         self.payload_types = payload_types
         self.by_name: dict[str, Listener] = {}
         self.by_tag: dict[str, list[Listener]] = {}
+        self.llm_router: Any = None  # agentserver.llm.LlmRouter, once bound (bind_llm): LLM agents count re-asks there
         for primitive in (SystemError, Boot, TodoUntil, TodoComplete):
             payload_types.add(primitive)
 
@@ -148,6 +155,9 @@ class Routes:
 
     @classmethod
     def from_config(cls, config: OrganismConfig) -> "Routes":
+        """The routes of `config`'s listeners; each LLM agent gets its agent loop. Raises
+        ConfigError (FILE:LINE) for an LLM agent whose loop cannot be made (see
+        `agentserver.llm.agent.agent_loop`)."""
         routes = cls(PayloadTypes())
         for spec in config.listeners:
             routes.add(routes._listener(spec, config))
@@ -156,7 +166,31 @@ class Routes:
         for listener in routes.by_name.values():
             if listener.agent:
                 listener.usage_instructions = routes.usage_instructions(listener)
+        llm_agents = [spec for spec in config.listeners if spec.llm_agent]
+        if llm_agents:  # the agent loop (and the llm package) is loaded only for organisms that have one
+            from agentserver.llm.agent import agent_loop
+
+            problems = []
+            for spec in llm_agents:
+                try:
+                    routes.by_name[spec.name].handler = agent_loop(routes.by_name[spec.name], routes, config)
+                except ValueError as exc:
+                    problems.append(f"{config.path}:{spec.llm.line or spec.line}: {exc}")
+            if problems:
+                raise ConfigError(problems)
         return routes
+
+    def bind_llm(self, router: Any) -> None:
+        """Give the LLM agents the organism's model router (`agentserver.llm.LlmRouter`,
+        made by the pump after the routes; None: the organism has none), where they
+        count their re-asks."""
+        self.llm_router = router
+
+    def note_reask(self, agent: str) -> None:
+        """LLM agent `agent` re-asked its model: counted in the router's status
+        (`llm.agents.NAME.reasks`), once the router is bound."""
+        if self.llm_router is not None:
+            self.llm_router.note_reask(agent)
 
     def _listener(self, spec: ListenerConfig, config: OrganismConfig) -> Listener:
         if spec.concurrency is not None:
@@ -168,10 +202,10 @@ class Routes:
         return Listener(
             name=spec.name,
             payload_type=self.payload_types.add(spec.payload_class),
-            handler=spec.handler,
+            handler=spec.handler,  # an LLM agent's (None here) is its agent loop, set by from_config
             description=spec.description,
-            agent=spec.agent,
-            peers=frozenset(spec.peers or ()) if (spec.peers is not None or spec.agent) else None,
+            agent=spec.agent or spec.llm_agent,
+            peers=frozenset(spec.peers or ()) if (spec.peers is not None or spec.agent or spec.llm_agent) else None,
             concurrency=concurrency,
             llm=spec.llm,
         )
@@ -195,7 +229,18 @@ class Routes:
                 lines.append("```xml\n" + peer.payload_type.xsd_text.rstrip() + "\n```")
                 lines.append("Example:")
                 lines.append("```xml\n" + peer.example_xml.rstrip() + "\n```")
-        lines.append("\n" + RESPONSE_RULES)
+        reply_class = getattr(agent.llm, "reply_class", None)  # only LLM agents have one (config.py)
+        if reply_class is None:
+            lines.append("\n" + RESPONSE_RULES)
+            return "\n".join(lines)
+        from agentserver.llm.agent import AGENT_RULES
+
+        reply = self.payload_types.add(reply_class)
+        lines.append(f"\n## Your answer\nAnswer your caller with a <{reply.root_tag}> payload. Schema:")
+        lines.append("```xml\n" + reply.xsd_text.rstrip() + "\n```")
+        lines.append("Example:")
+        lines.append("```xml\n" + _example_xml(reply_class).rstrip() + "\n```")
+        lines.append("\n" + AGENT_RULES.format(reply=reply.root_tag))
         return "\n".join(lines)
 
     def table(self) -> list[tuple[str, list[Listener]]]:

@@ -149,6 +149,7 @@ class MessageState:
     settled: bool = False
     thread_hint: str | None = None  # external: the thread the client injected with (for <huh>s)
     branch: "Call | None" = None  # the awaited call (meta.ask) whose branch this unit is part of
+    born: float = 0.0  # time.perf_counter() when it was accepted
 
     def fail(self, code: ErrorCode, reason: str, step: str, exc: BaseException | None = None) -> "MessageState":
         if self.error is None:
@@ -183,6 +184,7 @@ class MessageState:
             intake_ticket=self.intake_ticket,
             thread_hint=self.thread_hint,
             branch=self.branch,
+            born=self.born,
         )
         for key, value in changes.items():
             setattr(child, key, value)

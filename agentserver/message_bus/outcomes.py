@@ -32,6 +32,7 @@ from lxml import etree
 
 from agentserver.codes import ErrorCode, canned
 from agentserver.envelope import NIL_THREAD, build_envelope, build_huh
+from agentserver.message_bus.events import conversation_id
 from agentserver.message_bus.message_state import Delivery, MessageState, OriginKind
 from agentserver.message_bus.responses import payload_element, system_message
 from agentserver.outbound import Outbound, OutboundKind
@@ -93,6 +94,19 @@ CONNECTION_CODES = frozenset({E.BAD_TOKEN, E.BAD_ARGUMENT, E.UNAUTHORIZED, E.TOO
                               E.FRAME_TIMEOUT, E.IDLE_TIMEOUT, E.ALREADY_NAMED, E.UNKNOWN_VERB, E.UNSUPPORTED_VERSION})
 HANDLER_STEP = "handler"  # the step name of failures in or around a handler's call
 
+# how a failure reads in the log, when it is more than a refusal (%-style, by name)
+WORDS: dict[ErrorCode, str] = {
+    E.HANDLER: "handler crashed: %(to)s raised",
+    E.TIMEOUT: "handler timed out: %(to)s",
+    E.WRONG_TYPE: "handler returned a wrong type: %(to)s",
+    E.INTERNAL: "internal error (a bug in agentserver) in step %(step)s",
+    E.UNDELIVERABLE: "undeliverable: %(sender)s -> client %(to)s is gone or not reading",
+    E.LATE: "late answer dropped: %(sender)s -> %(to)s",
+    E.HOPS: "conversation ended at its hop limit: %(sender)s -> %(to)s",
+    E.CONVERSATION_BUDGET: "conversation ended over its budget: %(sender)s -> %(to)s",
+    E.SHUTDOWN: "dropped at shutdown: %(sender)s -> %(to)s",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -109,9 +123,10 @@ def decide(code: ErrorCode, step: str, *, is_error_report: bool, root_told: bool
         return Outcome(Notify.NOBODY, logging.DEBUG) if root_told else Outcome(Notify.ROOT, logging.WARNING)
     if code is E.LATE:  # an answer after its caller stopped waiting: expected now and then
         return Outcome(Notify.NOBODY, logging.INFO)
+    level = logging.ERROR if code is E.HANDLER else logging.WARNING  # a handler crash is a bug to fix
     if is_error_report:
-        return Outcome(Notify.NOBODY, logging.WARNING)
-    return Outcome(notify, logging.WARNING)
+        return Outcome(Notify.NOBODY, level)
+    return Outcome(notify, level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,13 +168,16 @@ class Reporter:
         route = state.route
         to = route.listener.name if isinstance(route, Delivery) else state.to
         thread_id = thread.id if thread is not None else state.thread_ref
-        log.log(outcome.level, "refused code=%s step=%s from=%s to=%s thread=%s reason=%s",
-                error.code, error.step, sender, to, thread_id, error.reason, exc_info=error.exc)
+        cid = conversation_id(conversation) if conversation is not None else (state.thread_ref or state.thread_hint or "")
+        log.log(outcome.level, WORDS.get(error.code, "refused code=%(code)s step=%(step)s from=%(sender)s to=%(to)s")
+                + " conversation=%(conversation)s thread=%(thread)s reason=%(reason)s",
+                {"code": error.code, "step": error.step, "sender": sender, "to": to, "conversation": cid,
+                 "thread": thread_id, "reason": error.reason}, exc_info=error.exc)
         raw = state.canonical or state.raw
         if not raw and state.root is not None:
             raw = etree.tostring(state.root, method="c14n", exclusive=True)
         self.dead_letters.record(time=time.time(), code=error.code, reason=error.reason, step=error.step,
-                                 sender=sender, thread=thread_id, raw=raw)
+                                 sender=sender, thread=thread_id, raw=raw, conversation=cid)
         if outcome.notify is Notify.SENDER:
             self._tell_sender(state, error.code)
         elif outcome.notify is Notify.CALLER:
@@ -220,5 +238,5 @@ class Reporter:
         """An error report the client cannot take: an error about an error, logged and recorded only."""
         log.warning("undeliverable error report code=%s to=%s thread=%s", code, client, thread_id)
         self.dead_letters.record(time=time.time(), code=ErrorCode.UNDELIVERABLE, step="report", sender="system",
-                                 thread=thread_id, raw=frame,
+                                 thread=thread_id, raw=frame, conversation=thread_id,
                                  reason=f"error report ({code}) to client {client!r}: the client is gone or not reading")

@@ -92,6 +92,10 @@ class FairScheduler(Generic[T]):
             self.intake_size -= 1
         return item, intake
 
+    def inner_keys(self) -> list[Hashable]:
+        """The inner key of every waiting item (for reports; the queue is unchanged)."""
+        return [inner for lane in self._lanes.values() for inner, queue in lane.queues.items() for _ in queue]
+
     def drain(self) -> list[T]:
         """Remove and return everything still waiting (shutdown)."""
         items = [item for lane in self._lanes.values() for queue in lane.queues.values() for item, _ in queue]

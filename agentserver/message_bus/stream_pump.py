@@ -34,6 +34,7 @@ from agentserver.message_bus.calls import CallDesk, Calls
 from agentserver.message_bus.conversations import ConversationGuard
 from agentserver.message_bus.counters import Counters
 from agentserver.message_bus.dead_letters import DeadLetters
+from agentserver.message_bus.events import Events
 from agentserver.message_bus.flow import Admission, HandlerSlots, PumpClosed
 from agentserver.message_bus.handler_call import HandlerTasks, call_handler
 from agentserver.message_bus.local_client import LocalClient
@@ -73,6 +74,8 @@ class StreamPump:
         self.calls = Calls()  # awaited calls (meta.ask)
         self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self._push, start=self._start)
         self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self._push)
+        self.events = Events()
+        self.started = time.time()
         self.guard = ConversationGuard(limits, self.stores, self.reporter, self.slots, self.handlers, self._fail,
                                        clock=lambda: self.ctx.clock())
         self._idle = asyncio.Event()
@@ -104,15 +107,9 @@ class StreamPump:
         a conversation over its budget of units is ended here, where its output arrives."""
         state.branch = state.branch or self.calls.enclosing(state.sender_thread or state.thread)
         self._accept(state)
-        conversation = state.conversation
-        assert conversation is not None  # built on a thread, so bound to its conversation
-        over = self.guard.over_budget(conversation)
         if self.admission.stopping:
             self._fail(state, ErrorCode.SHUTDOWN, "sent during shutdown")
-        elif over:
-            self._fail(state, ErrorCode.CONVERSATION_BUDGET, over)
-            self.guard.end(conversation, ErrorCode.CONVERSATION_BUDGET)
-        else:
+        elif (conversation := self.guard.admit(state)) is not None:  # None: over its budget, ended
             self.admission.push(state, conversation.lane, conversation.id)
 
     # ------------------------------------------------------------------ 2. the pipeline
@@ -177,11 +174,10 @@ class StreamPump:
     # ------------------------------------------------------------------ 4. handlers
     async def _handle(self, state: MessageState, route: Delivery) -> None:
         listener = route.listener
-        ok = False
+        ok, started = False, time.perf_counter()
         try:
-            stop = route.thread.conversation.ended or (ErrorCode.SHUTDOWN if self.admission.stopping else None)
-            outcome = (StepError(stop, f"{listener.name} not called: {stop}", "handler") if stop
-                       else await call_handler(state, route, self.stores, self.ctx, self.handlers, self.desk))
+            stopping = self.admission.stopping
+            outcome = await call_handler(state, route, self.stores, self.ctx, self.handlers, self.desk, stopping)
             if isinstance(outcome, StepError):
                 state.error = outcome
                 self._fail(state)
@@ -197,12 +193,13 @@ class StreamPump:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
-            self.counters.listener(listener.name).ended(ok)
+            self.counters.listener(listener.name).ended(ok, time.perf_counter() - started)
             for unit in self.slots.free(listener.name):  # hand the freed slots to parked units
                 self._start(unit)
 
     # ------------------------------------------------------------------ 5. outcomes
     def _accept(self, state: MessageState) -> None:
+        state.born = time.perf_counter()
         self.counters.accepted += 1
         self._idle.clear()
         if state.branch is not None:
@@ -228,8 +225,10 @@ class StreamPump:
     def _end(self, state: MessageState) -> None:
         if state.branch is not None:
             self.calls.unit_ended(state.branch)
+        self.events.unit_ended(state)  # the hop event: logs, `watch`, the live page
         finished = state.release()
         if finished is not None:
+            self.events.conversation_ended(finished, self.ctx.clock())
             self.stores.forget(finished)
             self.handlers.forget(finished)
         if self.counters.in_flight == 0:
