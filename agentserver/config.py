@@ -137,8 +137,10 @@ class Checker:
             return None
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:  # the user's import error, whatever it is
-            self.problem(node, f"{what} {dotted!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # the user's import error, whatever it is: where, what, and the fix
+            from agentserver.authoring import explain_import_error
+
+            self.problem(node, f"{what} {dotted!r}: {explain_import_error(module_name, exc)}")
             return None
         try:
             return getattr(module, attribute)

@@ -2,6 +2,8 @@
 
 import textwrap
 
+from pathlib import Path
+
 import pytest
 
 from agentserver import ConfigError, bootstrap, load_config
@@ -144,6 +146,7 @@ def test_a_failing_import_is_reported_with_the_import_error():
         """)
     assert found == [
         f"{PATH}:5: listener 'broken' payload_class 'tests.broken_organism.Thing': cannot import 'tests.broken_organism': "
+        f"{Path(__file__).parent / 'broken_organism.py'}:3: "  # where, in the user's code
         "ModuleNotFoundError: No module named 'agentserver_no_such_dependency'",
         f"{PATH}:8: listener 'missing' payload_class 'tests.organisms.NoSuchClass': module 'tests.organisms' has no attribute 'NoSuchClass'",
         f"{PATH}:9: listener 'missing' handler 'tests.no_such_module.handle': cannot import 'tests.no_such_module': "
@@ -187,3 +190,31 @@ def test_invalid_yaml_is_reported_with_its_line():
         load_config(PATH, text="organism:\n  name: x\nlisteners: [\n  - a: b\n")
     assert caught.value.problems[0].startswith(f"{PATH}:")
     assert "not valid YAML" in caught.value.problems[0]
+
+
+# ---------------------------------------------------------------------- authoring errors name their place
+BROKEN_MODULES = {
+    "optional_field": ("from dataclasses import dataclass\nfrom typing import Optional\nfrom xmlable import xmlify\n\n"
+                       "@xmlify\n@dataclass\nclass Opt:\n    name: Optional[str]\n",
+                       ["optional_field.py:5:", "class Opt, field 'name'", "Optional[str]", 'e.g. `str = ""`']),
+    "future_annotations": ("from __future__ import annotations\nfrom dataclasses import dataclass\nfrom xmlable import xmlify\n\n"
+                           "@xmlify\n@dataclass\nclass Fut:\n    name: str\n",
+                           ["future_annotations.py:5:", "class Fut", "from __future__ import annotations", "remove that import"]),
+    "name_error": ("x = 1\ny = undefined_name\n", ["name_error.py:2:", "NameError: name 'undefined_name' is not defined"]),
+    "syntax_error": ("def broken(:\n    pass\n", ["syntax_error.py:1:", "SyntaxError"]),
+}
+
+
+@pytest.mark.parametrize("module", sorted(BROKEN_MODULES))
+def test_an_authoring_error_names_its_file_line_and_the_fix(module, tmp_path, monkeypatch):
+    source, expected = BROKEN_MODULES[module]
+    (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    text = ("organism:\n  name: x\nlisteners:\n  - name: a\n"
+            f"    payload_class: {module}.Thing\n    handler: tests.organisms.echo\n")
+    with pytest.raises(ConfigError) as problems:
+        load_config("organism.yaml", text=text)
+    (problem,) = [p for p in problems.value.problems if module in p]
+    assert problem.startswith("organism.yaml:5: ")
+    for part in expected:
+        assert part in problem, (part, problem)
