@@ -1,13 +1,24 @@
-"""The control namespace: frames between a client and the server itself.
+"""The control vocabulary: frames between a client and the server itself.
 
-Control frames are elements in CONTROL_NS; they are answered by the server and never
-routed into the organism.
+Control frames are single elements in CONTROL_NS; the server answers them and never
+routes them into the organism. Every request carries an `id`; its answer (`welcome`,
+`result` or `error`) echoes it, and nothing else the server sends carries one.
 
-    <ctl:hello name="me" token="..."/>    -> <ctl:welcome name="me" max-frame="N"/> | <ctl:error code=...>
-    <ctl:status/>                         -> <ctl:result verb="status">{json}</ctl:result>
-    <ctl:deadletters limit="20"/>         -> <ctl:result verb="deadletters">{json}</ctl:result>
+    client -> server                                       server -> client
+    <ctl:hello id="1" name="me" versions="1" token="T"/>   <ctl:welcome id="1" name="me" version="1"
+                                                             max-frame="N" conversation-timeout="600"/>
+    <ctl:status id="2"/>                                   <ctl:result id="2" verb="status">{json}</ctl:result>
+    <ctl:deadletters id="3" limit="20"/>                   <ctl:result id="3" verb="deadletters">[json]</ctl:result>
+    <ctl:cancel id="4" thread="UUID"/>                     <ctl:result id="4" verb="cancel">{"cancelled": true}</ctl:result>
+    (a request refused)                                    <ctl:error id="3" code="bad-argument">text</ctl:error>
+    (the connection refused or ended)                      <ctl:error code="idle-timeout" close="true">text</ctl:error>
 
-Everything here is pure: build frames, read frames.
+Room to grow: a later frame kind, such as the per-envelope `<ctl:ack seq="7" .../>` of
+DESIGN.md §14, is an element of its own name that carries a sequence number and no
+`id`, so a client can never take it for the answer to a request.
+
+Everything here is pure: build frames, read frames. The state machine that decides
+which frame may come when is agentserver/protocol.py.
 """
 
 from __future__ import annotations
@@ -17,7 +28,8 @@ from dataclasses import dataclass
 
 from lxml import etree
 
-__all__ = ["CONTROL_NS", "ControlRequest", "read_control", "hello", "request", "welcome", "error", "result", "is_control"]
+__all__ = ["CONTROL_NS", "ControlFrame", "is_control", "read_control", "hello", "request", "welcome", "error",
+           "result"]
 
 CONTROL_NS = "https://xml-pipeline.org/ns/control/v1"
 _C = "{%s}" % CONTROL_NS
@@ -26,51 +38,59 @@ _MARK = CONTROL_NS.encode()
 
 
 @dataclass(frozen=True, slots=True)
-class ControlRequest:
-    verb: str  # the local name: hello, status, deadletters, welcome, error, result
+class ControlFrame:
+    """One control element as read: its local name, attributes and text."""
+
+    kind: str  # the local name: hello, status, deadletters, cancel, welcome, result, error, ...
     attrs: dict[str, str]
     text: str
 
 
 def is_control(frame: bytes) -> bool:
     """Cheap pre-check: could this frame be a control frame? (confirmed by read_control)"""
-    return _MARK in frame[:512]
+    return frame.find(_MARK, 0, 512) >= 0
 
 
-def read_control(root: etree._Element) -> ControlRequest | None:
-    """The control request in a parsed frame, or None if the frame is not a control frame."""
+def read_control(root: etree._Element) -> ControlFrame | None:
+    """The control frame in a parsed frame, or None if its root is not a control element."""
     tag = root.tag
     if not isinstance(tag, str) or not tag.startswith(_C):
         return None
-    return ControlRequest(tag[len(_C):], {str(k): str(v) for k, v in root.attrib.items()}, root.text or "")
+    return ControlFrame(tag[len(_C):], {str(k): str(v) for k, v in root.attrib.items()}, root.text or "")
 
 
-def _frame(local_name: str, text: str | None = None, **attrs: str | None) -> bytes:
-    element = etree.Element(_C + local_name, nsmap=_NSMAP)
+def _frame(kind: str, text: str | None = None, **attrs: str | None) -> bytes:
+    element = etree.Element(_C + kind, nsmap=_NSMAP)
     for key, value in attrs.items():
         if value is not None:
-            element.set(key, str(value))
+            element.set(key.replace("_", "-"), value)
     if text is not None:
         element.text = text
     return etree.tostring(element)
 
 
-def hello(name: str, token: str | None = None) -> bytes:
-    return _frame("hello", name=name, token=token)
+def hello(request_id: str, name: str, versions: tuple[int, ...], token: str | None = None) -> bytes:
+    """The client names itself, offers protocol versions and (over TCP) presents the token."""
+    return _frame("hello", id=request_id, name=name, versions=" ".join(map(str, versions)), token=token)
 
 
-def request(verb: str, **attrs: str) -> bytes:
-    return _frame(verb, **attrs)
+def request(verb: str, request_id: str, **attrs: str) -> bytes:
+    """A control request other than hello: `<ctl:VERB id=... attrs/>`."""
+    return _frame(verb, id=request_id, **attrs)
 
 
-def welcome(name: str, max_frame: int) -> bytes:
-    """Accepted; frames larger than `max_frame` bytes will be refused."""
-    return _frame("welcome", **{"name": name, "max-frame": str(max_frame)})
+def welcome(request_id: str, name: str, version: int, max_frame: int, conversation_timeout_s: float) -> bytes:
+    """The hello is accepted: the version chosen, the largest frame taken, the conversation deadline."""
+    return _frame("welcome", id=request_id, name=name, version=str(version), max_frame=str(max_frame),
+                  conversation_timeout=f"{conversation_timeout_s:g}")
 
 
-def error(code: str, message: str) -> bytes:
-    return _frame("error", message, code=code)
+def error(code: str, message: str, *, request_id: str | None = None, close: bool = False) -> bytes:
+    """A refusal: of the request `request_id`, or (without one) of the connection's frame or
+    of the connection itself; `close` says the server closes the connection after it."""
+    return _frame("error", message, id=request_id, code=code, close="true" if close else None)
 
 
-def result(verb: str, data: object) -> bytes:
-    return _frame("result", json.dumps(data, default=str, sort_keys=True), verb=verb)
+def result(request_id: str, verb: str, data: object) -> bytes:
+    """The answer to a request: `data` as JSON."""
+    return _frame("result", json.dumps(data, default=str, sort_keys=True), id=request_id, verb=verb)
