@@ -5,6 +5,7 @@
     python scripts/bench.py --quick             # short run, smaller counts (says so in the table)
     python scripts/bench.py --json figures.json # also write every figure as JSON
     python scripts/bench.py --profile DIR       # cProfile the throughput runs only (DIR/*.prof)
+    python scripts/bench.py --peers             # also run the workloads on autogen-core (pip install -e '.[bench]')
 
 Rows, all measured in the same run:
 
@@ -18,13 +19,29 @@ Rows, all measured in the same run:
   two hops (the handler forwards once to a listener that returns None); µs per hop and
   the ratio to the floor, and the two-hop/one-hop cost per injected message;
 - closed-loop latency (one message in flight), p50 and p99: in-process `ask`, and `ask`
-  over the Unix socket of a server this script starts (`python -m agentserver run`);
-- concurrency: 500 messages to a handler that sleeps 10 ms, max_concurrent_handlers 100,
-  wall time against the ideal 50 ms (median of 3 rounds);
+  over the Unix socket of a server this script starts (`python -m agentserver run`).
+  An ask is two hops of XML work (the request to echo, echo's reply to the client), so
+  its targets are ratios to the *two-hop floor*, twice the floor measured in this run:
+  absolute times do not carry across hosts, ratios to the same run's floor do. The
+  absolute times are printed beside them;
+- concurrency: 500 messages to a handler that sleeps 10 ms, max_concurrent_handlers 100
+  (and the listener's own cap at 100), wall time against the ideal 50 ms (median of 3
+  rounds);
 - memory: VmRSS growth of this process (the pump runs in it) over M messages in M/10
   conversations (10 messages each, 100 conversations at a time), after a warm-up.
 
+With `--peers`, a second table: the same workloads on autogen-core's
+`SingleThreadedAgentRuntime` (scripts/bench_peers.py says how each is run there) and
+the ratio ours / autogen-core (lower is better for us): 1 hop and 2 hops (µs per
+hop), closed-loop request/response p50 and p99 (`client.ask` against their
+`send_message`), and 500 x 10 ms handlers (wall time). Their agents receive the
+dataclass itself; ours go through the whole pump, XML validation and all. Both sides
+run in rotated rounds in this process (ABBA: ours then theirs, then theirs then ours,
+...), so that drift on a shared machine hits both, and each side's figure is the
+median of its rounds. Targets, reported and never gates: ≤ 0.7x per hop, ≤ 1.0x p50.
+
 The organism is `scripts/bench_organism.py`. The pump's logger is set to WARNING.
+Targets are what one run is compared with; a MISS does not fail the script.
 """
 
 from __future__ import annotations
@@ -50,7 +67,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 SCRIPTS = Path(__file__).resolve().parent
 ROOT = SCRIPTS.parent
@@ -87,31 +104,52 @@ class Counts:
     memory_messages_per_conversation: int
     memory_warmup_conversations: int
     memory_batch: int  # conversations in flight at once
+    peer_rounds: int  # --peers: rounds per side
+    peer_throughput: int  # --peers: messages per hop round
+    peer_latency: int  # --peers: request/responses per round
 
 
 FULL = Counts(
     floor=20_000, throughput=20_000, warmup=2_000, latency=5_000, socket=5_000, latency_warmup=200,
     concurrency_messages=500, concurrency_handlers=100, concurrency_rounds=3,
     memory_conversations=10_000, memory_messages_per_conversation=10, memory_warmup_conversations=2_000,
-    memory_batch=100,
+    memory_batch=100, peer_rounds=7, peer_throughput=5_000, peer_latency=1_000,
 )
 QUICK = Counts(
     floor=5_000, throughput=5_000, warmup=500, latency=1_000, socket=1_000, latency_warmup=100,
     concurrency_messages=500, concurrency_handlers=100, concurrency_rounds=3,
     memory_conversations=2_000, memory_messages_per_conversation=10, memory_warmup_conversations=500,
-    memory_batch=100,
+    memory_batch=100, peer_rounds=3, peer_throughput=2_000, peer_latency=300,
 )
 
-# figure key -> the most it may be for PASS
+# ours / autogen-core, in rotated rounds (--peers): workload -> (what is compared, its unit)
+PEER_WORKLOADS: dict[str, tuple[str, str]] = {
+    "one_hop": ("1 hop", "µs/hop"),
+    "two_hops": ("2 hops", "µs/hop"),
+    "ask_p50": ("request/response p50", "ms"),
+    "ask_p99": ("request/response p99", "ms"),
+    "naps": ("500 x 10 ms handlers", "ms"),
+}
+# figure key -> the most it may be for PASS. The latency targets are ratios to the
+# two-hop floor of the same run (see the module docstring). A socket ask adds to an
+# in-process one two frames through the kernel, a second process woken twice and the
+# client's parse of the reply: over 13 runs on the project's shared 2-CPU machine,
+# 3x the two-hop floor (median; 1x-7x), so the socket p50 target is the in-process
+# one plus 3x. Socket p99 was 5x-13x there except when the process lost the CPU for a
+# 4 ms scheduler tick (45x-112x): 10x is for a quiet host.
 TARGETS: dict[str, float] = {
     "one_hop_x_floor": 2.0,
     "two_hops_x_floor": 2.0,
     "two_vs_one_hop": 2.1,
-    "inproc_p50_ms": 0.3,
-    "socket_p50_ms": 1.0,
-    "socket_p99_ms": 5.0,
+    "inproc_p50_x_floor2": 1.5,
+    "socket_p50_x_floor2": 4.5,
+    "socket_p99_x_floor2": 10.0,
     "concurrency_x_ideal": 2.0,
     "rss_growth_mib": 20.0,
+    # --peers: ours / autogen-core
+    "one_hop_x_autogen": 0.7,
+    "two_hops_x_autogen": 0.7,
+    "ask_p50_x_autogen": 1.0,
 }
 
 # every figure the JSON carries (None when it could not be measured)
@@ -122,15 +160,20 @@ FIGURES = (
     "two_hops_us_per_hop",
     "two_hops_x_floor",
     "two_vs_one_hop",
+    "two_hop_floor_us",
     "inproc_p50_ms",
+    "inproc_p50_x_floor2",
     "inproc_p99_ms",
+    "inproc_p99_x_floor2",
     "socket_p50_ms",
+    "socket_p50_x_floor2",
     "socket_p99_ms",
+    "socket_p99_x_floor2",
     "concurrency_wall_ms",
     "concurrency_ideal_ms",
     "concurrency_x_ideal",
     "rss_growth_mib",
-)
+) + tuple(f"{workload}_{what}" for workload in PEER_WORKLOADS for what in ("ours", "autogen", "x_autogen"))
 
 
 class BenchError(RuntimeError):
@@ -387,6 +430,18 @@ async def measure_socket_latency(n: int, warm: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- 4. concurrency
+async def nap_round(pump: StreamPump, n: int) -> float:
+    """n messages to the sleeper, injected at once: ms until every handler has ended."""
+    raws = envelopes("Nap", "sleeper", n, {"Seq": 1})
+    before = snapshot(pump)
+    start = time.perf_counter()
+    await inject_all(pump, raws)
+    await drain(pump)
+    wall_ms = (time.perf_counter() - start) * 1e3
+    expect(pump, before, n, "concurrency")
+    return wall_ms
+
+
 async def measure_concurrency(counts: Counts) -> dict[str, Any]:
     n, slots = counts.concurrency_messages, counts.concurrency_handlers
     ideal_ms = math.ceil(n / slots) * 10.0
@@ -395,13 +450,7 @@ async def measure_concurrency(counts: Counts) -> dict[str, Any]:
         await inject_all(pump, envelopes("Nap", "sleeper", slots, {"Seq": 0}))  # warm-up
         await drain(pump)
         for _ in range(counts.concurrency_rounds):
-            raws = envelopes("Nap", "sleeper", n, {"Seq": 1})
-            before = snapshot(pump)
-            start = time.perf_counter()
-            await inject_all(pump, raws)
-            await drain(pump)
-            walls.append((time.perf_counter() - start) * 1e3)
-            expect(pump, before, n, "concurrency")
+            walls.append(await nap_round(pump, n))
         pipelines = pump.config.max_concurrent_pipelines
     wall = statistics.median(walls)
     return {"messages": n, "max_concurrent_handlers": slots, "max_concurrent_pipelines": pipelines,
@@ -441,6 +490,77 @@ async def measure_memory(counts: Counts) -> dict[str, Any]:
             "pump_state_after": state}
 
 
+# ---------------------------------------------------------------------------- 6. peers
+def load_peers() -> tuple[Any, str]:
+    """(the bench_peers module, "ok"), or (None, why not) when autogen-core is not installed."""
+    try:
+        import bench_peers
+    except ImportError as exc:
+        if not (exc.name or "").startswith("autogen_core"):
+            raise
+        return None, ("n/a: autogen-core is not installed; `pip install -e '.[bench]'` "
+                      "(autogen-core==0.7.5) to compare with it")
+    return bench_peers, "ok"
+
+
+async def compare_peers(counts: Counts, peers: Any, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The same workloads on the pump and on autogen-core, in rotated rounds (see the module docstring)."""
+    n, rounds, naps = counts.peer_throughput, counts.peer_rounds, counts.concurrency_messages
+    ours: dict[str, list[float]] = {key: [] for key in PEER_WORKLOADS}
+    theirs: dict[str, list[float]] = {key: [] for key in PEER_WORKLOADS}
+
+    async with running_pump() as pump, running_pump(max_concurrent_handlers=counts.concurrency_handlers) as nap_pump, \
+            peers.Peer() as peer:
+        text = peers.TEXT
+
+        async def our_round() -> None:
+            one = await measure_throughput(pump, envelopes("Ping", "sink", n), 1, [])
+            two = await measure_throughput(pump, envelopes("Relay", "relay", n), 2, [])
+            gc.collect()
+            asks = await measure_inproc_latency(pump, counts.peer_latency, 0)
+            gc.collect()
+            wall = await nap_round(nap_pump, naps)
+            for key, value in (("one_hop", one["us_per_hop"]), ("two_hops", two["us_per_hop"]),
+                               ("ask_p50", asks["p50_ms"]), ("ask_p99", asks["p99_ms"]), ("naps", wall)):
+                ours[key].append(value)
+
+        async def their_round() -> None:
+            pings = [peers.Ping(seq=i, text=text) for i in range(n)]
+            relays = [peers.Relay(seq=i, text=text) for i in range(n)]
+            gc.collect()
+            one = await peer.one_way("sink", pings, {"sink": n})
+            gc.collect()
+            two = await peer.one_way("relay", relays, {"relay": n, "sink": n})
+            gc.collect()
+            asks = latency_figures(await peer.latency(counts.peer_latency))
+            gc.collect()
+            wall = await peer.one_way("sleeper", [peers.Nap(seq=i) for i in range(naps)], {"sleeper": naps})
+            for key, value in (("one_hop", one / n * 1e6), ("two_hops", two / (2 * n) * 1e6),
+                               ("ask_p50", asks["p50_ms"]), ("ask_p99", asks["p99_ms"]), ("naps", wall * 1e3)):
+                theirs[key].append(value)
+
+        progress("peers: warm-up")
+        await inject_all(pump, envelopes("Ping", "sink", counts.warmup) + envelopes("Relay", "relay", counts.warmup))
+        await measure_inproc_latency(pump, counts.latency_warmup, 0)
+        await nap_round(nap_pump, counts.concurrency_handlers)
+        await drain(pump)
+        await peer.warm(counts.latency_warmup)
+        for i in range(rounds):  # ABBA: ours first in even rounds, theirs first in odd ones
+            progress(f"peers: round {i + 1} of {rounds}")
+            for side in ((our_round, their_round) if i % 2 == 0 else (their_round, our_round)):
+                await side()
+
+    workloads: dict[str, Any] = {}
+    for key, (label, unit) in PEER_WORKLOADS.items():
+        mine, other = statistics.median(ours[key]), statistics.median(theirs[key])
+        workloads[key] = {"label": label, "unit": unit, "ours": mine, "autogen": other, "x_autogen": mine / other,
+                          "ours_rounds": ours[key], "autogen_rounds": theirs[key]}
+    return {"status": "ok", "autogen_core": peers.VERSION, "rounds": rounds, "statistic": "median of rounds",
+            "order": "ABBA (ours, theirs; theirs, ours; ...)", "messages_per_hop_round": n,
+            "asks_per_round": counts.peer_latency, "naps": naps, "our_handler_cap": counts.concurrency_handlers,
+            "workloads": workloads}
+
+
 # ---------------------------------------------------------------------------- the table
 def verdict(key: str, value: float | None) -> str:
     if value is None:
@@ -450,6 +570,12 @@ def verdict(key: str, value: float | None) -> str:
 
 def fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(len(headers))]
+    line = "  ".join("{:<%d}" % w for w in widths)
+    return [line.format(*headers), line.format(*("-" * w for w in widths))] + [line.format(*row) for row in rows]
 
 
 def render(results: dict[str, Any]) -> str:
@@ -465,10 +591,18 @@ def render(results: dict[str, Any]) -> str:
             text += f" (quick; full {full[key]:,})"
         return text
 
+    def latency(kind: str, q: str) -> str:
+        ms, ratio = f[f"{kind}_{q}_ms"], f[f"{kind}_{q}_x_floor2"]
+        return f"{fmt(ms, '.3f')} ms = {fmt(ratio, '.2f')}x two-hop floor"
+
+    def floor2(key: str) -> str:
+        return f"≤ {TARGETS[key]:g}x two-hop floor"
+
     socket_na = results["socket"]["status"] != "ok"
     na = "n/a (server not available)"
     rows = [
-        ("floor: direct lxml+xmlable, per message", f"{fmt(f['floor_us'], '.1f')} µs (best of 3 passes)", "-", "-"),
+        ("floor: direct lxml+xmlable, per message",
+         f"{fmt(f['floor_us'], '.1f')} µs (best of 3 passes); two hops {fmt(f['two_hop_floor_us'], '.1f')} µs", "-", "-"),
         (f"pump 1 hop, N={counted('throughput')}",
          f"{fmt(f['one_hop_us_per_hop'], '.1f')} µs/hop = {fmt(f['one_hop_x_floor'], '.2f')}x floor",
          "≤ 2.0x floor", verdict("one_hop_x_floor", f["one_hop_x_floor"])),
@@ -477,13 +611,13 @@ def render(results: dict[str, Any]) -> str:
          "≤ 2.0x floor", verdict("two_hops_x_floor", f["two_hops_x_floor"])),
         ("2 hops vs 1 hop, cost per message", f"{fmt(f['two_vs_one_hop'], '.2f')}x",
          "≤ 2.1x", verdict("two_vs_one_hop", f["two_vs_one_hop"])),
-        (f"in-process ask p50, n={counted('latency')}", f"{fmt(f['inproc_p50_ms'], '.3f')} ms",
-         "≤ 0.3 ms", verdict("inproc_p50_ms", f["inproc_p50_ms"])),
-        (f"in-process ask p99, n={counted('latency')}", f"{fmt(f['inproc_p99_ms'], '.3f')} ms", "-", "-"),
-        (f"socket ask p50, n={counted('socket')}", na if socket_na else f"{fmt(f['socket_p50_ms'], '.3f')} ms",
-         "≤ 1 ms", "n/a" if socket_na else verdict("socket_p50_ms", f["socket_p50_ms"])),
-        (f"socket ask p99, n={counted('socket')}", na if socket_na else f"{fmt(f['socket_p99_ms'], '.3f')} ms",
-         "≤ 5 ms", "n/a" if socket_na else verdict("socket_p99_ms", f["socket_p99_ms"])),
+        (f"in-process ask p50, n={counted('latency')}", latency("inproc", "p50"),
+         floor2("inproc_p50_x_floor2"), verdict("inproc_p50_x_floor2", f["inproc_p50_x_floor2"])),
+        (f"in-process ask p99, n={counted('latency')}", latency("inproc", "p99"), "-", "-"),
+        (f"socket ask p50, n={counted('socket')}", na if socket_na else latency("socket", "p50"),
+         floor2("socket_p50_x_floor2"), verdict("socket_p50_x_floor2", f["socket_p50_x_floor2"])),
+        (f"socket ask p99, n={counted('socket')}", na if socket_na else latency("socket", "p99"),
+         floor2("socket_p99_x_floor2"), verdict("socket_p99_x_floor2", f["socket_p99_x_floor2"])),
         (f"concurrency: {c['concurrency_messages']} x 10 ms sleep, {c['concurrency_handlers']} handlers",
          f"{fmt(f['concurrency_wall_ms'], '.1f')} ms = {fmt(f['concurrency_x_ideal'], '.2f')}x ideal "
          f"{fmt(f['concurrency_ideal_ms'], '.0f')} ms",
@@ -493,24 +627,49 @@ def render(results: dict[str, Any]) -> str:
             f" / {full['memory_conversations']:,})" if quick else ""),
          f"{fmt(f['rss_growth_mib'], '+.1f')} MiB", "≤ 20 MiB", verdict("rss_growth_mib", f["rss_growth_mib"])),
     ]
-    headers = ("measure", "figure", "target", "result")
-    widths = [max(len(headers[i]), *(len(row[i]) for row in rows)) for i in range(4)]
-    line = "  ".join("{:<%d}" % w for w in widths)
     out = [
         f"agentserver bench: {results['mode']} run"
         + (" (--quick: counts scaled down where marked)" if quick else "")
         + f" | Python {platform.python_version()}, lxml {lxml.__version__}, {os.cpu_count()} CPUs, {platform.machine()}",
-        line.format(*headers),
-        line.format(*("-" * w for w in widths)),
+        *table(("measure", "figure", "target", "result"), rows),
     ]
-    out += [line.format(*row) for row in rows]
     if socket_na:
         out.append(f"socket: {results['socket']['status']}")
+    peers = results["peers"]
+    if peers["status"] == "ok":
+        out += ["", *render_peers(peers, counted)]
+    elif peers["status"] != "not requested":
+        out.append(f"peers: {peers['status']}")
     return "\n".join(out)
 
 
+def render_peers(peers: dict[str, Any], counted: Callable[[str], str]) -> list[str]:
+    """The --peers table: ours and autogen-core's figure per workload, and the ratio."""
+    w = peers["workloads"]
+    per_round = {"one_hop": f", N={counted('peer_throughput')}", "two_hops": f", N={counted('peer_throughput')}",
+                 "ask_p50": f", n={counted('peer_latency')}", "ask_p99": f", n={counted('peer_latency')}", "naps": ""}
+    ours_note = {"naps": f" (cap {peers['our_handler_cap']})"}
+    theirs_note = {"naps": " (no cap)"}
+    rows = []
+    for key, figures in w.items():
+        spec = ".1f" if figures["unit"] != "ms" or key == "naps" else ".3f"
+        target_key = f"{key}_x_autogen"
+        target = TARGETS.get(target_key)
+        rows.append((
+            f"peers: {figures['label']}{per_round[key]}",
+            f"{format(figures['ours'], spec)} {figures['unit']}{ours_note.get(key, '')}",
+            f"{format(figures['autogen'], spec)} {figures['unit']}{theirs_note.get(key, '')}",
+            f"{figures['x_autogen']:.2f}x",
+            "-" if target is None else f"≤ {target:g}x",
+            "-" if target is None else verdict(target_key, figures["x_autogen"]),
+        ))
+    head = (f"vs autogen-core {peers['autogen_core']} SingleThreadedAgentRuntime: {counted('peer_rounds')} rounds each "
+            f"(N, n: per round), rotated (ABBA), {peers['statistic']}; ours / autogen-core, lower is better for us")
+    return [head, *table(("workload", "ours", "autogen-core", "ours/autogen", "target", "result"), rows)]
+
+
 # ---------------------------------------------------------------------------- main
-async def bench(counts: Counts, mode: str, progress: Callable[[str], None]) -> dict[str, Any]:
+async def bench(counts: Counts, mode: str, progress: Callable[[str], None], peers: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {"mode": mode, "counts": asdict(counts), "targets": dict(TARGETS)}
     f: dict[str, float | None] = {key: None for key in FIGURES}
 
@@ -545,13 +704,16 @@ async def bench(counts: Counts, mode: str, progress: Callable[[str], None]) -> d
     f["two_hops_x_floor"] = two["us_per_hop"] / f["floor_us"]
     f["two_vs_one_hop"] = two["us_per_message"] / one["us_per_message"]
     results["inproc_latency"] = inproc
+    f["two_hop_floor_us"] = floor2 = 2 * floor["us_per_message"]
     f["inproc_p50_ms"], f["inproc_p99_ms"] = inproc["p50_ms"], inproc["p99_ms"]
+    f["inproc_p50_x_floor2"], f["inproc_p99_x_floor2"] = inproc["p50_ms"] * 1e3 / floor2, inproc["p99_ms"] * 1e3 / floor2
 
     progress("socket latency")
     try:
         sock = await measure_socket_latency(counts.socket, counts.latency_warmup)
         results["socket"] = {"status": "ok", **sock}
         f["socket_p50_ms"], f["socket_p99_ms"] = sock["p50_ms"], sock["p99_ms"]
+        f["socket_p50_x_floor2"], f["socket_p99_x_floor2"] = sock["p50_ms"] * 1e3 / floor2, sock["p99_ms"] * 1e3 / floor2
     except SocketUnavailable as exc:
         results["socket"] = {"status": f"n/a: {exc}"}
     except Exception as exc:  # the socket server is new: a failure there must not sink the other rows
@@ -566,6 +728,18 @@ async def bench(counts: Counts, mode: str, progress: Callable[[str], None]) -> d
     mem = await measure_memory(counts)
     results["memory"] = mem
     f["rss_growth_mib"] = mem["rss_growth_mib"]
+
+    results["peers"] = {"status": "not requested"}
+    if peers:
+        module, status = load_peers()
+        if module is None:
+            results["peers"] = {"status": status}
+        else:
+            progress("peers (autogen-core)")
+            results["peers"] = await compare_peers(counts, module, progress)
+            for key, figures in results["peers"]["workloads"].items():
+                for what in ("ours", "autogen", "x_autogen"):
+                    f[f"{key}_{what}"] = figures[what]
 
     results["figures"] = f
     results["verdicts"] = {key: verdict(key, f[key]) for key in TARGETS}
@@ -591,6 +765,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short run with smaller counts (well under a minute)")
     parser.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
     parser.add_argument("--profile", metavar="DIR", help="only cProfile the throughput runs, writing DIR/*.prof")
+    parser.add_argument("--peers", action="store_true",
+                        help="also run the workloads on autogen-core (pip install -e '.[bench]') and print the ratios")
     parser.add_argument("--verbose", action="store_true", help="say which part is running")
     args = parser.parse_args(argv)
 
@@ -607,7 +783,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"... {what}", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    results = asyncio.run(bench(counts, mode, progress))
+    results = asyncio.run(bench(counts, mode, progress, peers=args.peers))
     results["seconds"] = time.perf_counter() - started
     results["environment"] = {"python": platform.python_version(), "lxml": lxml.__version__,
                               "cpus": os.cpu_count(), "machine": platform.machine(), "platform": platform.platform()}

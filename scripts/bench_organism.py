@@ -94,7 +94,11 @@ _PREFIX = "bench_organism."
 
 def config_yaml(*, name: str = "bench", socket: str | None = None, max_concurrent_handlers: int = 20,
                 max_concurrent_pipelines: int = 50, prefix: str = _PREFIX) -> str:
-    """The organism.yaml text of the bench organism (`prefix`: the module's import path + '.')."""
+    """The organism.yaml text of the bench organism (`prefix`: the module's import path + '.').
+
+    Each listener may use every handler slot (`max_concurrent_per_listener` is
+    `max_concurrent_handlers`), so the concurrency row runs as many naps at once as it
+    says, not the default cap of a plain listener."""
     lines = [
         "organism:",
         f"  name: {name}",
@@ -105,7 +109,9 @@ def config_yaml(*, name: str = "bench", socket: str | None = None, max_concurren
         "thread_scheduling: breadth-first",
         f"max_concurrent_pipelines: {max_concurrent_pipelines}",
         f"max_concurrent_handlers: {max_concurrent_handlers}",
-        "limits: {max_thread_hops: 1000, handler_timeout_s: 60}",
+        f"max_concurrent_per_listener: {max_concurrent_handlers}",
+        # the bench measures the floor between runs with the pump's loop blocked on purpose
+        "limits: {max_thread_hops: 1000, handler_timeout_s: 60, loop_lag_warning_s: 10}",
         "listeners:",
     ]
     for listener, payload, handler in (
