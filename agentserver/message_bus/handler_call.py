@@ -157,7 +157,6 @@ class HandlerTasks:
             listener.handler.__code__: name for name, listener in routes.by_name.items() if hasattr(listener.handler, "__code__")})
         self.group: asyncio.TaskGroup | None = None  # set while run() runs
         self._running: dict[asyncio.Task[None], MessageState] = {}
-        self.lost: list[MessageState] = []  # units whose task was cancelled before it began
 
     async def __aenter__(self) -> "HandlerTasks":
         if self.group is not None:
@@ -198,12 +197,17 @@ class HandlerTasks:
         assert self.group is not None, "handlers start only while the pump runs"
         task = self.group.create_task(handling, name=name)
         self._running[task] = state
-        task.add_done_callback(self._done)
 
-    def _done(self, task: "asyncio.Task[None]") -> None:
-        state = self._running.pop(task)
-        if not state.settled:  # cancelled before it began (run() itself was cancelled): the pump ends it
-            self.lost.append(state)
+    def ended(self, task: "asyncio.Task[None] | None") -> None:
+        """The handling task is ending (its last step): it is no longer running."""
+        self._running.pop(task, None)  # type: ignore[arg-type]
+
+    def lost(self) -> list[MessageState]:
+        """Units whose task ended without running (cancelled before it began, when run()
+        itself was cancelled): nobody else will end them."""
+        lost = [state for task, state in self._running.items() if task.done() and not state.settled]
+        self._running = {task: state for task, state in self._running.items() if not task.done()}
+        return lost
 
     def running_units(self) -> list[MessageState]:
         return list(self._running.values())
@@ -225,4 +229,4 @@ class HandlerTasks:
         (they ignored their cancellation) are returned."""
         if self._running:
             await asyncio.wait(list(self._running), timeout=timeout)
-        return list(self._running.values())
+        return [state for task, state in self._running.items() if not task.done()]

@@ -10,8 +10,9 @@ client with one, and inside a client a chatty conversation cannot starve a quiet
 - depth-first: each inner queue is LIFO (a conversation follows its newest branch to
   the end before older siblings), still round-robin across keys.
 
-Intake items are counted so the caller can bound them (`intake_size`); the queue
-itself never refuses anything (handlers must not block on their own output).
+Intake items are counted so the caller can bound them (`intake_size`; `pop` says
+whether the item came in through intake); the queue itself never refuses anything
+(handlers must not block on their own output).
 The same class orders the pump's queued units and the units parked for a listener.
 """
 
@@ -31,28 +32,29 @@ class _Lane(Generic[T]):
     __slots__ = ("queues", "ring", "size")
 
     def __init__(self) -> None:
-        self.queues: dict[Hashable, deque[tuple[T, bool]]] = {}
+        self.queues: dict[Hashable, deque[T]] = {}
         self.ring: deque[Hashable] = deque()
         self.size = 0
 
-    def push(self, inner: Hashable, entry: tuple[T, bool]) -> None:
+    def push(self, inner: Hashable, item: T) -> None:
         queue = self.queues.get(inner)
         if queue is None:
             queue = self.queues[inner] = deque()
             self.ring.append(inner)
-        queue.append(entry)
+        queue.append(item)
         self.size += 1
 
-    def pop(self, lifo: bool) -> tuple[T, bool]:
-        inner = self.ring.popleft()
+    def pop(self, lifo: bool) -> T:
+        inner = self.ring[0]
         queue = self.queues[inner]
-        entry = queue.pop() if lifo else queue.popleft()
+        item = queue.pop() if lifo else queue.popleft()
         if queue:
-            self.ring.append(inner)
+            self.ring.rotate(-1)
         else:
+            self.ring.popleft()
             del self.queues[inner]
         self.size -= 1
-        return entry
+        return item
 
 
 class FairScheduler(Generic[T]):
@@ -60,6 +62,7 @@ class FairScheduler(Generic[T]):
         self.depth_first = depth_first
         self._lanes: dict[Hashable, _Lane[T]] = {}
         self._ring: deque[Hashable] = deque()  # outer keys with work, in turn order
+        self._intake: set[int] = set()  # ids of the waiting items that came in through intake
         self.intake_size = 0
         self.size = 0
 
@@ -71,25 +74,30 @@ class FairScheduler(Generic[T]):
         if lane is None:
             lane = self._lanes[outer] = _Lane()
             self._ring.append(outer)
-        lane.push(inner, (item, intake))
+        lane.push(inner, item)
         self.size += 1
         if intake:
+            self._intake.add(id(item))
             self.intake_size += 1
 
     def pop(self) -> tuple[T, bool] | None:
         """The next (item, was_intake), or None when nothing waits."""
         if not self._ring:
             return None
-        outer = self._ring.popleft()
+        outer = self._ring[0]
         lane = self._lanes[outer]
-        item, intake = lane.pop(self.depth_first)
+        item = lane.pop(self.depth_first)
         if lane.size:
-            self._ring.append(outer)
+            self._ring.rotate(-1)
         else:
+            self._ring.popleft()
             del self._lanes[outer]
         self.size -= 1
-        if intake:
+        intake = False
+        if self.intake_size and id(item) in self._intake:
+            self._intake.discard(id(item))
             self.intake_size -= 1
+            intake = True
         return item, intake
 
     def inner_keys(self) -> list[Hashable]:
@@ -98,8 +106,9 @@ class FairScheduler(Generic[T]):
 
     def drain(self) -> list[T]:
         """Remove and return everything still waiting (shutdown)."""
-        items = [item for lane in self._lanes.values() for queue in lane.queues.values() for item, _ in queue]
+        items = [item for lane in self._lanes.values() for queue in lane.queues.values() for item in queue]
         self._lanes.clear()
         self._ring.clear()
+        self._intake.clear()
         self.size = self.intake_size = 0
         return items

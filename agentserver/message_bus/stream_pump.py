@@ -193,6 +193,7 @@ class StreamPump:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
         finally:
+            self.handlers.ended(asyncio.current_task())
             self.counters.listener(listener.name).ended(ok, time.perf_counter() - started)
             for unit in self.slots.free(listener.name):  # hand the freed slots to parked units
                 self._start(unit)
@@ -277,7 +278,7 @@ class StreamPump:
         """Nothing more starts: end what waits, cancel what runs (the one place that does)."""
         self.admission.closing = self.admission.stopping = True
         self.guard.stop()
-        for state in self.admission.drain() + self.slots.drain() + self.handlers.lost:
+        for state in self.admission.drain() + self.slots.drain() + self.handlers.lost():
             self._fail(state, ErrorCode.SHUTDOWN, "never started before shutdown")
         self.handlers.cancel()
         self.admission.wake()
