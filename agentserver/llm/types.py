@@ -28,6 +28,7 @@ __all__ = [
     "LlmUnavailable",
     "LlmRequestError",
     "LlmConfigError",
+    "LlmInvalid",
     "estimate_tokens",
     "CHARS_PER_TOKEN",
     "ROLES",
@@ -115,3 +116,13 @@ class LlmConfigError(LlmError):
     missing, a key variable vanished since the config was checked)."""
 
     code = "llm-config"
+
+
+class LlmInvalid(LlmError):
+    """An LLM agent's model gave no usable answer: every answer of a turn was unusable
+    (malformed XML, an unknown root tag, invalid against its schema, unreadable into
+    its class, addressed to a listener that is not a peer, or no element at all) after
+    `max_reasks` re-asks, or the agent's model calls per handler call ran out. The
+    message says what the last answer did wrong (for the log, never for the caller)."""
+
+    code = "llm-invalid"

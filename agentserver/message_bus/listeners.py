@@ -233,14 +233,14 @@ class Routes:
         if reply_class is None:
             lines.append("\n" + RESPONSE_RULES)
             return "\n".join(lines)
-        from agentserver.llm.agent import AGENT_RULES
+        from agentserver.llm.agent import agent_rules
 
         reply = self.payload_types.add(reply_class)
         lines.append(f"\n## Your answer\nAnswer your caller with a <{reply.root_tag}> payload. Schema:")
         lines.append("```xml\n" + reply.xsd_text.rstrip() + "\n```")
         lines.append("Example:")
         lines.append("```xml\n" + _example_xml(reply_class).rstrip() + "\n```")
-        lines.append("\n" + AGENT_RULES.format(reply=reply.root_tag))
+        lines.append("\n" + agent_rules(reply.root_tag, peers=bool(peers)))
         return "\n".join(lines)
 
     def table(self) -> list[tuple[str, list[Listener]]]:
