@@ -25,7 +25,9 @@ EXAMPLES = {
           python -m agentserver run config/organism.yaml
           python -m agentserver run config/organism.yaml --socket /tmp/hello.sock --log-level DEBUG""",
     "send": """\
-        Send one payload to the organism and print its thread id (replies are not awaited).
+        Send one payload and print its thread id once the server has accepted it (its ack;
+        with a journal: once it is on disk). Replies are not awaited.
+        Exit 0 when acked, 1 on a <huh> (reason on stderr), 2 when no ack came in time.
 
         example:
           python -m agentserver send --to greeter '<Greeting><Name>Ada</Name></Greeting>'
@@ -103,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     send = verb("send", "send a payload, print its thread id")
     message_options(send)
     send.add_argument("--thread", metavar="UUID", help="continue this thread (default: a new one)")
+    send.add_argument("--message-id", metavar="UUID",
+                      help="the message's own id: resending it after a lost ack is safe (the server "
+                           "acks a repeat again and does not process it twice)")
     connection_options(send)
 
     ask = verb("ask", "send a payload and print the reply")
@@ -248,22 +253,22 @@ def _send(args: argparse.Namespace) -> int:
 
     async def work(client) -> int:
         try:
-            thread_id = await client.send(_payload(args), to=args.to, thread_id=args.thread)
+            accepted = await client.send(_payload(args), to=args.to, thread_id=args.thread,
+                                         message_id=args.message_id, timeout=args.timeout)
         except (ValueError, TypeError) as exc:
             print(f"not a payload: {exc}", file=sys.stderr)
             return 1
-        except HuhError as exc:  # refused before sending (larger than the server takes)
+        except HuhError as exc:  # the server's <huh> for this message: it was not accepted
             print(f"refused ({exc.code}): {exc.message}", file=sys.stderr)
             return 1
-        # the server answers refusals right away; give it a moment to say so
-        try:
-            frame = await asyncio.wait_for(client.receive(), 0.2)
-            if frame.kind == "huh":
-                print(f"refused ({frame.code}): {frame.message}", file=sys.stderr)
-                return 1
-        except (TimeoutError, ConnectionError):
-            pass
-        print(thread_id)
+        except TimeoutError:
+            print(f"no ack within {args.timeout}s: the message may or may not have been accepted "
+                  "(send it again with the same --message-id to be sure)", file=sys.stderr)
+            return 2
+        except ConnectionError as exc:
+            print(f"connection lost before the ack: {exc}", file=sys.stderr)
+            return 3
+        print(accepted)  # acked: accepted (with a journal: on disk)
         return 0
 
     return asyncio.run(_with_client(args, work))

@@ -34,11 +34,10 @@ from typing import Any, Generator
 from lxml import etree
 
 from agentserver.codes import canned
-from agentserver.envelope import MESSAGE, payload_elements, read_huh, read_meta
-from agentserver.framing import encode_frame
+from agentserver.envelope import MESSAGE, huh_seq, payload_elements, read_huh, read_meta
 from agentserver.outbound import HuhError, Outbound, OutboundKind
 from agentserver.protocol import (
-    CLIENT_MAX_FRAME, NEED_DATA, Answer, ClientConnection, ClientState, Closed, Envelope, Event, ProtocolError,
+    CLIENT_MAX_FRAME, NEED_DATA, Ack, Answer, ClientConnection, ClientState, Closed, Envelope, Event, ProtocolError,
     Refusal, Welcome,
 )
 from agentserver.sender import ExternalSender
@@ -202,19 +201,25 @@ class Client(ExternalSender):
             raise ControlError(answer.code, answer.reason)
         return answer
 
-    async def send_raw(self, frame: bytes) -> None:
-        """Send the bytes of one frame as they are (tests, tools)."""
-        await self._write(encode_frame(frame))
+    async def send_raw(self, frame: bytes) -> int:
+        """Send the bytes of one envelope frame as they are (tests, tools); returns its
+        number. Its ack or `<huh>` arrives through `receive`."""
+        seq, data = self._machine.send_envelope(frame)
+        await self._write(data)
+        return seq
 
     # -- I/O ------------------------------------------------------------------------
-    async def _transmit(self, raw: bytes, thread_id: str) -> None:
+    async def _transmit(self, raw: bytes, thread_id: str) -> asyncio.Future[Outbound] | None:
         # the server refuses an oversize frame from its header, before it can read the
         # thread id: say so here, on the right thread, as the in-process client would
         server_max = self._machine.server_max_frame
         if server_max is not None and len(raw) > server_max:
             raise HuhError("too-large", canned("too-large"), thread_id)
         self._check_open()
-        await self._write(self._machine.send_envelope(raw))
+        seq, frame = self._machine.send_envelope(raw)
+        confirmation = self._expect_confirmation(seq, thread_id) if self._machine.acks else None
+        await self._write(frame)
+        return confirmation
 
     def _check_open(self) -> None:
         if self._ended is not None:
@@ -260,6 +265,8 @@ class Client(ExternalSender):
         """Hand out one event; returns the error the connection ends with, if this is it."""
         if isinstance(event, Envelope):
             self._on_envelope(event.data)
+        elif isinstance(event, Ack):
+            self._deliver(Outbound.ack(event.seq, event.thread, event.message_id))
         elif isinstance(event, (Welcome, Answer)):
             self._answered(event.request_id, event)
         elif isinstance(event, Refusal):
@@ -312,6 +319,7 @@ def _outbound(root: etree._Element, data: bytes) -> Outbound:
     if payload is not None:
         huh = read_huh(payload)
         if huh is not None:
-            return Outbound(OutboundKind.HUH, meta.thread, meta.sender, data, code=huh[0], message=huh[1])
+            return Outbound(OutboundKind.HUH, meta.thread, meta.sender, data, code=huh[0], message=huh[1],
+                            seq=huh_seq(payload))
     xml = etree.tostring(payload, method="c14n", exclusive=True) if payload is not None else b""
     return Outbound(OutboundKind.REPLY, meta.thread, meta.sender, data, payload, xml)

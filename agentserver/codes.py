@@ -58,6 +58,8 @@ class ErrorCode(str, Enum):
     ALREADY_NAMED = "already-named"
     UNKNOWN_VERB = "unknown-verb"
     UNSUPPORTED_VERSION = "unsupported-version"
+    # a message sent again under an id already accepted: acked again, not processed twice
+    DUPLICATE = "duplicate"
     # nobody can be told
     SHUTDOWN = "shutdown"
     UNDELIVERABLE = "undeliverable"
@@ -105,6 +107,7 @@ CANNED: dict[ErrorCode, str] = {
     ErrorCode.ALREADY_NAMED: "This connection already has a name.",
     ErrorCode.UNKNOWN_VERB: "Unknown control request.",
     ErrorCode.UNSUPPORTED_VERSION: "No protocol version in common with the server.",
+    ErrorCode.DUPLICATE: "That message was accepted already.",
     ErrorCode.SHUTDOWN: "The server shut down before the message was handled.",
     ErrorCode.UNDELIVERABLE: "The recipient is gone.",
     ErrorCode.OVERLOADED: "The server is overloaded.",

@@ -52,6 +52,7 @@ class OrganismConfig:
     name: str
     socket: str = "run/agentserver.sock"
     tcp: str | None = None
+    journal: str | None = None  # a SQLite file: what was accepted survives a crash (DESIGN.md §14)
     thread_scheduling: str = "breadth-first"
     max_concurrent_pipelines: int = 50
     max_concurrent_handlers: int = 20
@@ -66,7 +67,7 @@ class OrganismConfig:
 
 _TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
              "max_concurrent_per_agent", "max_concurrent_per_listener", "limits", "listeners", "llm"}
-_ORGANISM_KEYS = {"name", "socket", "tcp"}
+_ORGANISM_KEYS = {"name", "socket", "tcp", "journal"}
 _LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency", "llm"}
 
 
@@ -182,6 +183,8 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
             config.name = check.scalar(organism["name"][1], "organism.name", str) or ""
         if "socket" in organism:
             config.socket = check.scalar(organism["socket"][1], "organism.socket", str) or config.socket
+        if "journal" in organism:
+            config.journal = check.scalar(organism["journal"][1], "organism.journal", str) or None
         if "tcp" in organism:
             tcp = check.scalar(organism["tcp"][1], "organism.tcp", str)
             if tcp is not None:

@@ -13,9 +13,10 @@ routes them into the organism. Every request carries an `id`; its answer (`welco
     (a request refused)                                    <ctl:error id="3" code="bad-argument">text</ctl:error>
     (the connection refused or ended)                      <ctl:error code="idle-timeout" close="true">text</ctl:error>
 
-Room to grow: a later frame kind, such as the per-envelope `<ctl:ack seq="7" .../>` of
-DESIGN.md §14, is an element of its own name that carries a sequence number and no
-`id`, so a client can never take it for the answer to a request.
+Since protocol version 2, every envelope a client sends is confirmed: it gets exactly
+one `<ctl:ack seq="7" thread="UUID" message="UUID"/>` (seq: the envelope's number on the
+connection, from 1) or one `<huh seq="7" ...>`, in the order the envelopes were sent.
+An ack carries no `id`, so a client can never take it for the answer to a request.
 
 Everything here is pure: build frames, read frames. The state machine that decides
 which frame may come when is agentserver/protocol.py.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 __all__ = ["CONTROL_NS", "ControlFrame", "is_control", "read_control", "hello", "request", "welcome", "error",
-           "result"]
+           "result", "ack"]
 
 CONTROL_NS = "https://xml-pipeline.org/ns/control/v1"
 _C = "{%s}" % CONTROL_NS
@@ -89,6 +90,11 @@ def error(code: str, message: str, *, request_id: str | None = None, close: bool
     """A refusal: of the request `request_id`, or (without one) of the connection's frame or
     of the connection itself; `close` says the server closes the connection after it."""
     return _frame("error", message, id=request_id, code=code, close="true" if close else None)
+
+
+def ack(seq: int, thread: str, message_id: str) -> bytes:
+    """The envelope numbered `seq` on this connection was accepted (and, with a journal, is on disk)."""
+    return _frame("ack", seq=str(seq), thread=thread, message=message_id)
 
 
 def result(request_id: str, verb: str, data: object) -> bytes:

@@ -121,9 +121,12 @@ def build_envelope(
     return root
 
 
-def build_huh(*, to: str, thread: str | None, code: str, message: str) -> bytes:
-    """The bytes of a `<huh>` frame telling an external sender its message was refused."""
+def build_huh(*, to: str, thread: str | None, code: str, message: str, seq: int | None = None) -> bytes:
+    """The bytes of a `<huh>` frame telling an external sender its message was refused
+    (`seq`: the refused envelope's number on the connection, when it has one)."""
     huh = etree.Element(HUH, code=code)
+    if seq is not None:
+        huh.set("seq", str(seq))
     huh.text = message
     root = build_envelope(huh, sender="system", to=to, thread=thread or NIL_THREAD)
     return etree.tostring(root)
@@ -134,3 +137,9 @@ def read_huh(payload: etree._Element) -> tuple[str, str] | None:
     if payload.tag != HUH:
         return None
     return payload.get("code", "error"), payload.text or ""
+
+
+def huh_seq(payload: etree._Element) -> int | None:
+    """The envelope number a `<huh>` refers to, if it says."""
+    seq = payload.get("seq", "")
+    return int(seq) if seq.isascii() and seq.isdigit() else None

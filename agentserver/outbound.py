@@ -21,6 +21,7 @@ class OutboundKind(str, Enum):
     REPLY = "reply"  # a payload addressed to the client (an answer, or a SystemError)
     HUH = "huh"  # the server refused one of the client's own messages
     STREAM = "stream"  # a piece of the answering agent's text, as its model writes it (`message`)
+    ACK = "ack"  # the client's envelope numbered `seq` was accepted (`message`: its message id)
 
     def __str__(self) -> str:
         return self.value
@@ -30,7 +31,7 @@ class Outbound:
     """One frame for a client. `envelope` and `payload_xml` are computed on first use:
     the in-process client never needs the bytes, the socket server always does."""
 
-    __slots__ = ("kind", "thread_id", "sender", "payload", "code", "message", "_envelope", "_payload_xml")
+    __slots__ = ("kind", "thread_id", "sender", "payload", "code", "message", "seq", "_envelope", "_payload_xml")
 
     def __init__(
         self,
@@ -42,9 +43,10 @@ class Outbound:
         payload_xml: bytes | etree._Element = b"",  # replies: the payload element or its bytes
         code: str = "",  # huh: the short reason code
         message: str = "",  # huh: the canned text
+        seq: int | None = None,  # huh, ack: the client's envelope this confirms or refuses
     ) -> None:
         self.kind, self.thread_id, self.sender, self.payload = kind, thread_id, sender, payload
-        self.code, self.message = code, message
+        self.code, self.message, self.seq = code, message, seq
         self._envelope, self._payload_xml = envelope, payload_xml
 
     @classmethod
@@ -60,6 +62,19 @@ class Outbound:
             return etree.tostring(element)
 
         return cls(OutboundKind.STREAM, thread_id, sender, frame, message=text)
+
+    @classmethod
+    def ack(cls, seq: int, thread_id: str, message_id: str) -> "Outbound":
+        """The client's envelope numbered `seq` was accepted; on the wire `<ctl:ack>`."""
+
+        def frame() -> bytes:
+            element = etree.Element(f"{{{CONTROL_NS}}}ack", nsmap={"ctl": CONTROL_NS})
+            element.set("seq", str(seq))
+            element.set("thread", thread_id)
+            element.set("message", message_id)
+            return etree.tostring(element)
+
+        return cls(OutboundKind.ACK, thread_id, "system", frame, message=message_id, seq=seq)
 
     @property
     def envelope(self) -> bytes:

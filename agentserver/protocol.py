@@ -69,10 +69,11 @@ __all__ = [
     "PROTOCOL_VERSIONS", "PRE_AUTH_MAX_FRAME", "CLIENT_MAX_FRAME", "NEED_DATA", "NeedData", "State", "ClientState", "TRANSITIONS",
     "NOT_TAKEN", "ServerSettings", "ServerConnection", "ClientConnection", "LocalProtocolError",
     "Event", "Hello", "Named", "Envelope", "ControlRequest", "StatusRequest", "DeadLettersRequest", "CancelRequest",
-    "Refusal", "Closed", "Welcome", "Answer", "ProtocolError",
+    "Refusal", "Closed", "Welcome", "Answer", "ProtocolError", "Ack", "ACKS_SINCE",
 ]
 
-PROTOCOL_VERSIONS: tuple[int, ...] = (1,)  # what this side speaks; the hello picks the highest in common
+PROTOCOL_VERSIONS: tuple[int, ...] = (1, 2)  # what this side speaks; the hello picks the highest in common
+ACKS_SINCE = 2  # from this version on, every envelope gets one ack or one <huh>, in order
 PRE_AUTH_MAX_FRAME = 4096  # the largest frame a TCP connection may send before it has authenticated
 CLIENT_MAX_FRAME = 16 << 20  # the largest frame a client takes from the server by default
 
@@ -119,9 +120,21 @@ class Named(Event):
 
 @dataclass(frozen=True, slots=True)
 class Envelope(Event):
-    """An envelope frame: to the pump (server side), or a reply or `<huh>` (client side)."""
+    """An envelope frame: to the pump (server side), or a reply or `<huh>` (client side).
+    Server side, `seq` is its number on the connection: `settle` its outcome (an ack or a
+    `<huh>`) with that number."""
 
     data: bytes
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Event):
+    """Client side: the server accepted the envelope numbered `seq` (version 2)."""
+
+    seq: int
+    thread: str
+    message_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +175,7 @@ class Refusal(Event):
     frame: bytes = b""
     raw: bytes | None = None
     request_id: str | None = None
+    seq: int | None = None  # server side: the refused envelope's number (send `frame` through `settle`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +314,9 @@ class ServerConnection:
         self._last_active = now  # the last bytes received, or (see time_passed) sent
         self._sent = False  # something was sent since the last time check
         self._frame_started: float | None = None  # when the frame being received started (None: unknown or none)
+        self._seq = 0  # envelopes taken so far (their numbers: 1, 2, ...)
+        self._next_out = 1  # the envelope whose outcome goes out next
+        self._outcomes: dict[int, bytes] = {}  # outcomes that came early, waiting for the ones before
 
     # ------------------------------------------------------------------ memory
     @property
@@ -404,6 +421,36 @@ class ServerConnection:
         return None
 
     # ------------------------------------------------------------------ output
+    @property
+    def acks(self) -> bool:
+        """The client speaks a version with acks: every envelope gets one ack or one `<huh>`."""
+        return self.version is not None and self.version >= ACKS_SINCE
+
+    def ack(self, seq: int, thread: str, message_id: str) -> bytes:
+        """The frame acking envelope `seq` (empty for a client that takes no acks); send it through `settle`."""
+        return encode_frame(control.ack(seq, thread, message_id)) if self.acks else b""
+
+    def settle(self, seq: int, frame: bytes) -> bytes:
+        """The outcome of envelope `seq` (an ack, a `<huh>`, or b"" when the client is told
+        nothing): returns the bytes to send now. Outcomes go out in the order the envelopes
+        came, whatever order they are settled in; each envelope has exactly one."""
+        if seq < self._next_out or seq in self._outcomes or seq > self._seq:
+            raise LocalProtocolError(f"envelope {seq} settled twice, or never taken")
+        self._outcomes[seq] = frame
+        out = []
+        while self._next_out in self._outcomes:
+            out.append(self._outcomes.pop(self._next_out))
+            self._next_out += 1
+        data = b"".join(out)
+        if data:
+            self._sent = True
+        return data
+
+    @property
+    def unsettled(self) -> int:
+        """Envelopes taken whose outcome has not gone out yet."""
+        return self._seq - self._next_out + 1
+
     def answer(self, request: ControlRequest, data: object) -> bytes:
         """The bytes answering `request` with `data` (JSON)."""
         self._sent = True
@@ -414,9 +461,9 @@ class ServerConnection:
         self._sent = True
         return encode_frame(data)
 
-    def refuse_envelope(self, code: ErrorCode, reason: str, raw: bytes) -> Refusal:
-        """The server refuses an envelope it took (for instance, the pump is shutting down)."""
-        return self._refuse(code, reason, raw=raw)
+    def refuse_envelope(self, code: ErrorCode, reason: str, raw: bytes, seq: int) -> Refusal:
+        """The server refuses envelope `seq`, which it took (the pump is shutting down)."""
+        return self._refuse(code, reason, raw=raw, seq=seq)
 
     def refuse_connection(self, code: ErrorCode, reason: str) -> Refusal:
         """The server ends the connection (too many connections, its own failure)."""
@@ -514,7 +561,8 @@ class ServerConnection:
 
     def _envelope(self, data: bytes, root: etree._Element | None, then: State) -> Event:
         if self.state is State.OPEN:
-            return Envelope(data)
+            self._seq += 1
+            return Envelope(data, self._seq)
         assert root is not None  # read by _classify before the connection had a name
         sender = _sender(root)
         if not sender:
@@ -524,7 +572,8 @@ class ServerConnection:
             return self._refuse(ErrorCode.FORBIDDEN_SENDER, f"the connection may not be named {sender!r}: {problem}",
                                 raw=data)
         self._take_name(sender, then)
-        self._events.append(Envelope(data))
+        self._seq += 1
+        self._events.append(Envelope(data, self._seq))
         return Named(sender)
 
     def _check_name(self, name: str) -> str | None:
@@ -538,9 +587,10 @@ class ServerConnection:
         self._decoder.max_frame = self.settings.max_frame
 
     def _refuse(self, code: ErrorCode, reason: str, *, close: bool = False, request_id: str | None = None,
-                raw: bytes | None = None) -> Refusal:
+                raw: bytes | None = None, seq: int | None = None) -> Refusal:
         """A refusal event and its frame: a `<huh>` for a message frame of an authenticated
-        connection, a control error otherwise. Closing ones end the connection (CLOSING)."""
+        connection (numbered like the envelopes: its frame goes out through `settle`), a
+        control error otherwise. Closing ones end the connection (CLOSING)."""
         if self.state not in _LIVE:  # the last word was said: nothing more is sent
             return Refusal(code, reason, True, b"", None, request_id)
         pre_auth = not self.authenticated
@@ -549,13 +599,17 @@ class ServerConnection:
             raw = None  # nothing of an unauthenticated connection is recorded
         message = f"{canned(code)} ({reason})" if self.trusted else canned(code)
         if raw is not None and request_id is None and not close:
-            frame = build_huh(to=self.name or "client", thread=None, code=code, message=canned(code))
+            if seq is None:  # a message frame the machine refuses itself: it takes its number
+                self._seq += 1
+                seq = self._seq
+            frame = build_huh(to=self.name or "client", thread=None, code=code, message=canned(code), seq=seq)
         else:
+            seq = None
             frame = control.error(code, message, request_id=request_id, close=close)
         if close:
             self.state = State.CLOSING
         self._sent = True
-        return Refusal(code, reason, close, encode_frame(frame), raw, request_id)
+        return Refusal(code, reason, close, encode_frame(frame), raw, request_id, seq)
 
 
 class _BadArgument(ValueError):
@@ -650,6 +704,7 @@ class ClientConnection:
         self._decoder = FrameDecoder(max_frame)
         self._ids = itertools.count(1)
         self._pending: dict[str, str] = {}  # request id -> verb, until answered
+        self._seq = 0  # envelopes sent
         self._eof = False
 
     # ------------------------------------------------------------------ output
@@ -667,10 +722,16 @@ class ClientConnection:
         request_id = self._new_request(verb)
         return request_id, encode_frame(control.request(verb, request_id, **attrs))
 
-    def send_envelope(self, data: bytes) -> bytes:
-        """The bytes carrying one envelope to the server."""
+    def send_envelope(self, data: bytes) -> tuple[int, bytes]:
+        """(its number on the connection, the bytes) of one envelope to the server; with
+        `acks`, the server confirms each number once (an `Ack` or a `<huh>` carrying it)."""
         self._expect(ClientState.OPEN, "send an envelope")
-        return encode_frame(data)
+        self._seq += 1
+        return self._seq, encode_frame(data)
+
+    @property
+    def acks(self) -> bool:
+        return self.version is not None and self.version >= ACKS_SINCE
 
     def _expect(self, state: ClientState, what: str) -> None:
         if self.state is not state:
@@ -717,6 +778,8 @@ class ClientConnection:
             return self._violation(f"an unreadable control frame: {exc}")
         if frame is None:
             return self._envelope(data)
+        if frame.kind == "ack" and self.acks:
+            return self._ack(frame)
         if frame.kind not in ("welcome", "result", "error"):
             self.ignored += 1  # a kind this side does not speak (a later version's): never an answer
             return None
@@ -739,6 +802,12 @@ class ClientConnection:
         except ValueError as exc:
             return self._violation(f"a result that is not JSON: {exc}")
         return Answer(request_id, verb, data_)
+
+    def _ack(self, frame: control.ControlFrame) -> Event:
+        seq = frame.attrs.get("seq", "")
+        if not _COUNT.match(seq) or not 1 <= int(seq) <= self._seq:
+            return self._violation(f"an ack of envelope {seq[:20]!r}, which this side did not send")
+        return Ack(int(seq), frame.attrs.get("thread", ""), frame.attrs.get("message", ""))
 
     def _envelope(self, data: bytes) -> Event:
         if self.state is not ClientState.OPEN:

@@ -52,7 +52,8 @@ from agentserver.codes import ErrorCode
 from agentserver.limits import is_reserved
 from agentserver.message_bus.mailboxes import Session
 from agentserver.message_bus.stream_pump import PumpClosed, ShutdownReport, StreamPump
-from agentserver.outbound import Outbound
+from agentserver.framing import encode_frame
+from agentserver.outbound import Outbound, OutboundKind
 from agentserver.protocol import (
     NEED_DATA, CancelRequest, Closed, ControlRequest, DeadLettersRequest, Envelope, Event, Hello, Named, Refusal,
     ServerConnection, ServerSettings, State, StatusRequest,
@@ -229,7 +230,7 @@ class Connection(asyncio.BufferedProtocol):
         elif isinstance(event, Named):
             self._attach(event.name)
         elif isinstance(event, Envelope):
-            await self._inject(event.data)
+            await self._inject(event)
         elif isinstance(event, ControlRequest):
             await self._until_writable()
             self._write(self.machine.answer(event, self._answer(event)))
@@ -241,14 +242,15 @@ class Connection(asyncio.BufferedProtocol):
             raise TypeError(f"unexpected event {event!r}")
 
     def _attach(self, name: str) -> None:
-        self.session = self.pump.attach(name, self._mailbox)
+        self.session = self.pump.mailboxes.attach(name, self._mailbox)
         log.info("connection %s is %r", self.label, name)
 
-    async def _inject(self, data: bytes) -> None:
+    async def _inject(self, envelope: Envelope) -> None:
         try:
-            await self.pump.inject(data, session=self.session)
+            await self.pump.inject(envelope.data, session=self.session, seq=envelope.seq)
         except PumpClosed:
-            self._refused(self.machine.refuse_envelope(ErrorCode.SHUTDOWN, "the server is shutting down", data))
+            self._refused(self.machine.refuse_envelope(ErrorCode.SHUTDOWN, "the server is shutting down", envelope.data,
+                                                       envelope.seq))
 
     def _answer(self, request: ControlRequest) -> object:
         if isinstance(request, StatusRequest):
@@ -256,7 +258,7 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(request, DeadLettersRequest):
             return self._dead_letters(request.limit)
         if isinstance(request, CancelRequest):
-            return {"cancelled": self.session is not None and self.pump.cancel(self.session, request.thread)}
+            return {"cancelled": self.session is not None and self.pump.guard.cancel(self.session, request.thread)}
         raise TypeError(f"no answer for {request!r}")
 
     def _dead_letters(self, limit: int | None) -> list[dict[str, Any]]:
@@ -283,7 +285,8 @@ class Connection(asyncio.BufferedProtocol):
                     self.pump.dead_letters.record(time=time.time(), code=refusal.code, reason=refusal.reason,
                                                   step="server", sender=machine.name or self.label, thread="",
                                                   raw=refusal.raw)
-            self._write(refusal.frame)
+            # a refused envelope's <huh> goes out in envelope order, with the pump's acks and <huh>s
+            self._write(refusal.frame if refusal.seq is None else machine.settle(refusal.seq, refusal.frame))
 
     async def refuse(self, refusal: Refusal) -> None:
         """The whole life of a connection refused at once: the refusal, then the close."""
@@ -338,7 +341,15 @@ class Connection(asyncio.BufferedProtocol):
         gone, or has not read what it was sent (the frame is dropped and counted)."""
         if self._lost.is_set() or self.transport is None or self.transport.is_closing():
             return False
-        data = self.machine.send_envelope(outbound.envelope)
+        machine = self.machine
+        if outbound.seq is None:
+            data = machine.send_envelope(outbound.envelope)
+        else:  # an envelope's one ack or <huh>: in the order the envelopes came
+            frame = machine.ack(outbound.seq, outbound.thread_id, outbound.message) if outbound.kind is OutboundKind.ACK \
+                else encode_frame(outbound.envelope)
+            data = machine.settle(outbound.seq, frame)
+            if not data:
+                return True
         if self._writable and not self._held:
             self._write_now(data)
             return True
@@ -384,7 +395,7 @@ class Connection(asyncio.BufferedProtocol):
         the last frames, a refusal saying why). A peer that neither reads nor closes is cut
         after CLOSE_GRACE_S."""
         if self.session is not None:
-            self.pump.detach(self.session)
+            self.pump.mailboxes.detach(self.session)
             self.session = None
         self.server.forget(self)
         if self._counted:

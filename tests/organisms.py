@@ -428,3 +428,21 @@ async def boot_watcher(payload: Any, meta: HandlerMetadata) -> None:
     PROBE.record("boot_watcher", payload, meta)
     PROBE.event("booted").set()
     return None
+
+
+async def ledger(payload: Echo, meta: HandlerMetadata) -> HandlerResponse:
+    """Records what it saw (meta.message_id, meta.redelivered); with PROBE.notes['ledger_hold'],
+    waits for the PROBE event 'ledger-open' first."""
+    PROBE.record("ledger", payload, meta)
+    if PROBE.notes.get("ledger_hold"):
+        PROBE.event("ledger-started").set()
+        await PROBE.event("ledger-open").wait()
+    PROBE.counts["ledger-done"] += 1
+    return HandlerResponse.respond(EchoReply(text=f"noted {payload.text}"))
+
+
+async def asker(payload: Echo, meta: HandlerMetadata) -> HandlerResponse:
+    """Awaits `ledger` (meta.ask) and answers with what it said."""
+    PROBE.record("asker", payload, meta)
+    answer = await meta.ask("ledger", Echo(text=payload.text))
+    return HandlerResponse.respond(EchoReply(text=f"asked: {answer.text}"))

@@ -142,3 +142,22 @@ async def test_shutdown_while_handlers_wait_ends_every_unit_exactly_once():
     assert not report.clean and report.dropped >= 10  # five waiting planners, five hanging forecasts
     assert len(pump.calls) == 0
     assert_counters(pump)
+
+
+async def test_calls_made_at_once_give_the_slot_back_once_and_the_cap_holds(start):
+    # two asks in flight from one handler must not free its slot twice (the count went negative)
+    pump = await start(organism(ask_listener("planner", "Task", "planner", agent=True, peers=["calculator", "weather"],
+                                             concurrency=1), CALCULATOR, WEATHER))
+    PROBE.notes["weather_seconds"] = 0.2
+    async with pump.client("tester") as client:
+        asks = [asyncio.create_task(client.ask(Task(a=n, b=0, city="slow"), to="planner", timeout=HANG_GUARD))
+                for n in range(4)]
+        peak = 0
+        while not all(ask.done() for ask in asks):
+            stats = pump.counters.listener("planner")
+            assert stats.running >= 0 and pump.slots.busy >= 0
+            peak = max(peak, stats.running)
+            await asyncio.sleep(0.005)
+        replies = [ask.result() for ask in asks]
+    assert sorted(r.payload.total for r in replies) == [0, 1, 2, 3]
+    assert peak <= 1 and pump.slots.busy == 0

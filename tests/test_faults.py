@@ -43,7 +43,7 @@ class Recorder:
     def __init__(self, pump, name: str = "tester") -> None:
         self.pump, self.name = pump, name
         self.frames: list[Outbound] = []
-        pump.attach(name, self._mailbox)
+        pump.mailboxes.attach(name, self._mailbox)
 
     def _mailbox(self, outbound: Outbound) -> bool:
         self.frames.append(outbound)

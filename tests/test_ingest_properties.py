@@ -53,7 +53,7 @@ class PumpUnderTest:
         self.pump = make_pump(organism(("echo", "Echo", "echo"), ("sink", "Sunk", "sink"), name="property-organism"))
         self.task = self.loop.create_task(self.pump.run())
         self.frames: list[Outbound] = []
-        self.pump.attach(CLIENT, self._mailbox)
+        self.pump.mailboxes.attach(CLIENT, self._mailbox)
         self.errors: list[logging.LogRecord] = []
         self._catcher = _Catcher(self.errors)
         logging.getLogger("agentserver").addHandler(self._catcher)

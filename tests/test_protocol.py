@@ -12,11 +12,11 @@ from lxml import etree
 
 from agentserver.codes import CANNED, ErrorCode
 from agentserver.control import CONTROL_NS
-from agentserver.envelope import ENVELOPE_NS
+from agentserver.envelope import ENVELOPE_NS, build_huh
 from agentserver.framing import encode_frame
 from agentserver.protocol import (
     NEED_DATA, NOT_TAKEN, TRANSITIONS, Answer, CancelRequest, ClientConnection, ClientState, Closed,
-    DeadLettersRequest, Envelope, Hello, LocalProtocolError, Named, ProtocolError, Refusal, ServerConnection,
+    ACKS_SINCE, Ack, DeadLettersRequest, Envelope, Hello, LocalProtocolError, Named, ProtocolError, Refusal, ServerConnection,
     ServerSettings, State, StatusRequest, Welcome,
 )
 from agentserver.xmlsafe import SafeXml
@@ -122,8 +122,9 @@ SERVER_ROWS = [
     # a Unix connection: UNNAMED until a hello or its first envelope names it
     ("unix hello", "unix", b"", f(HELLO), [("hello", "alice", 1, "1")], [WELCOME], State.OPEN),
     ("unix hello offering more versions picks the highest in common", "unix", b"",
-     f(ctl('hello id="1" name="alice" versions="1 2 7"')), [("hello", "alice", 1, "1")], [WELCOME], State.OPEN),
-    ("no version in common", "unix", b"", f(ctl('hello id="1" name="alice" versions="2 3"')),
+     f(ctl('hello id="1" name="alice" versions="1 2 7"')), [("hello", "alice", 2, "1")],
+     [("welcome", {**WELCOME[1], "version": "2"})], State.OPEN),
+    ("no version in common", "unix", b"", f(ctl('hello id="1" name="alice" versions="3 4"')),
      [("refusal", E.UNSUPPORTED_VERSION, True), ("closed",)], [error("unsupported-version", id="1", close="true")],
      State.CLOSED),
     ("versions missing", "unix", b"", f(ctl('hello id="1" name="alice"')),
@@ -288,7 +289,7 @@ def test_the_input_ending_mid_frame_is_reported():
 
 def test_server_initiated_refusals():
     machine = server("unix", f(HELLO))
-    shutdown = machine.refuse_envelope(E.SHUTDOWN, "stopping", envelope())
+    shutdown = machine.refuse_envelope(E.SHUTDOWN, "stopping", envelope(), 1)
     assert (shutdown.code, shutdown.close, said(shutdown.frame)) == (E.SHUTDOWN, False, ("huh", "shutdown"))
     assert machine.state is State.OPEN
     full = server("tcp").refuse_connection(E.TOO_MANY_CONNECTIONS, "256 open")
@@ -394,7 +395,7 @@ def test_client_hello_bytes():
     request_id, data = client(token="s3cret").hello()
     assert request_id == "1"
     assert data == encode_frame(b'<ctl:hello xmlns:ctl="https://xml-pipeline.org/ns/control/v1" id="1" '
-                                b'name="alice" versions="1" token="s3cret"/>')
+                                b'name="alice" versions="1 2" token="s3cret"/>')
 
 
 # (row, frames in after the hello, events out, state after)
@@ -490,8 +491,8 @@ class Pair:
 def test_a_client_machine_and_a_server_machine_talk(side):
     pair = Pair(side)
     _, hello = pair.client.hello()
-    assert [summary(event) for event in pair.to_server(hello)] == [("hello", "alice", 1, "1")]
-    assert pair.client_events() == [Welcome("1", "alice", 1, 8192, 600.0)]
+    assert [summary(event) for event in pair.to_server(hello)] == [("hello", "alice", 2, "1")]
+    assert pair.client_events() == [Welcome("1", "alice", 2, 8192, 600.0)]
 
     request_id, status = pair.client.request("status")
     (request,) = pair.to_server(status)
@@ -507,7 +508,9 @@ def test_a_client_machine_and_a_server_machine_talk(side):
     assert request == CancelRequest(cancel_id, THREAD)
 
     message = envelope("alice")
-    assert pair.to_server(pair.client.send_envelope(message)) == [Envelope(message)]
+    seq, data = pair.client.send_envelope(message)
+    assert pair.to_server(data) == [Envelope(message, seq)] and seq == 1
+    assert pair.to_client(pair.server.settle(seq, pair.server.ack(seq, THREAD, "m-1"))) == [Ack(1, THREAD, "m-1")]
     reply = envelope("echo")
     assert pair.to_client(pair.server.send_envelope(reply)) == [Envelope(reply)]
     assert pair.client.state is ClientState.OPEN and pair.server.state is State.OPEN
@@ -525,7 +528,7 @@ def test_a_wrong_token_ends_both_machines():
 
 def test_a_server_speaking_only_a_later_version_is_refused_by_version():
     pair = Pair("unix")
-    pair.server = ServerConnection(dataclasses.replace(SETTINGS, versions=(2,)), token=None,
+    pair.server = ServerConnection(dataclasses.replace(SETTINGS, versions=(3,)), token=None,
                                    name_problem=name_problem, xml=XML, now=0.0)
     _, hello = pair.client.hello()
     pair.to_server(hello)
@@ -542,3 +545,65 @@ def test_every_connection_refusal_code_has_a_row():
                         E.TOO_LARGE, E.MALFORMED, E.FORBIDDEN_SENDER, E.SHUTDOWN, E.INVALID_ENVELOPE,
                         E.FORBIDDEN_DTD}
     assert connection_codes <= in_tables | elsewhere
+
+
+# ---------------------------------------------------------------------------- acks (version 2)
+HELLO_V2 = ctl('hello id="1" name="alice" versions="1 2"')
+
+
+def test_envelopes_are_numbered_and_outcomes_go_out_in_their_order():
+    machine = server("unix", f(HELLO_V2))
+    assert machine.acks and machine.version == ACKS_SINCE
+    events, _ = run(machine, f(envelope(), envelope(), envelope()))
+    assert [event.seq for event in events] == [1, 2, 3] and machine.unsettled == 3
+    third = machine.settle(3, machine.ack(3, THREAD, "m-3"))
+    assert third == b"" and machine.unsettled == 3  # held back: 1 and 2 have not gone out
+    second = build_huh(to="alice", thread=THREAD, code="no-route", message="x", seq=2)
+    assert machine.settle(2, encode_frame(second)) == b""
+    out = machine.settle(1, machine.ack(1, THREAD, "m-1"))
+    frames = []
+    while out:
+        (length,) = struct.unpack(">I", out[:4])
+        frames.append(out[:4 + length])
+        out = out[4 + length:]
+    assert [said(frame)[0] for frame in frames] == ["ack", "huh", "ack"]
+    assert [said(frame)[1]["seq"] for frame in frames if said(frame)[0] == "ack"] == ["1", "3"]
+    assert machine.unsettled == 0
+
+
+def test_an_envelope_is_settled_once_and_only_if_taken():
+    machine = server("unix", f(HELLO_V2))
+    (envelope_event,) = run(machine, f(envelope()))[0]
+    machine.settle(envelope_event.seq, b"")
+    with pytest.raises(LocalProtocolError):
+        machine.settle(envelope_event.seq, b"")
+    with pytest.raises(LocalProtocolError):
+        machine.settle(2, b"")  # never taken
+
+
+def test_a_frame_the_machine_refuses_takes_its_number_too():
+    machine = server("unix", f(HELLO_V2))
+    events, sent = run(machine, struct.pack(">I", 9000) + b"x" * 9000 + f(envelope()))
+    refusal, taken = events
+    assert refusal.seq == 1 and taken.seq == 2
+    assert said(machine.settle(refusal.seq, refusal.frame)) == ("huh", "too-large")
+
+
+def test_a_version_1_client_gets_no_acks():
+    machine = server("unix", f(HELLO))
+    (taken,) = run(machine, f(envelope()))[0]
+    assert not machine.acks and machine.ack(taken.seq, THREAD, "m") == b""
+    assert machine.settle(taken.seq, machine.ack(taken.seq, THREAD, "m")) == b""
+
+
+def test_the_client_takes_acks_only_for_envelopes_it_sent():
+    pair = Pair("unix")
+    _, hello = pair.client.hello()
+    pair.to_server(hello)
+    pair.client_events()
+    seq, data = pair.client.send_envelope(envelope())
+    pair.to_server(data)
+    (event,) = pair.to_client(encode_frame(ctl(f'ack seq="{seq}" thread="{THREAD}" message="m"')))
+    assert event == Ack(seq, THREAD, "m")
+    (violation, *_) = pair.to_client(encode_frame(ctl(f'ack seq="{seq + 5}" thread="{THREAD}" message="m"')))
+    assert isinstance(violation, ProtocolError)

@@ -1,5 +1,7 @@
 """FairScheduler: round-robin across conversations and clients; and fairness in a running pump."""
 
+import asyncio
+
 from agentserver.message_bus.scheduler import FairScheduler
 from tests.organisms import PROBE, Ball, Echo, Spam, Start
 from tests.support import HANG_GUARD, listener, organism, settle
@@ -104,11 +106,13 @@ async def test_a_flooding_client_does_not_starve_a_quiet_client(start):
     pump = await start(organism(listener("sink", "Spam", "sink"), listener("quiet", "Echo", "quiet"), **SMALL))
     PROBE.notes["spam_total"] = total
     async with pump.client("flood") as flood, pump.client("tester") as client:
-        for n in range(total):  # all queued before the quiet client asks
-            await flood.send(Spam(n=n), to="sink")
+        # all queued before the quiet client asks (send returns on the ack, at dispatch: not awaited here)
+        flooding = asyncio.gather(*(flood.send(Spam(n=n), to="sink") for n in range(total)))
+        await asyncio.sleep(0)  # each send runs to its ack wait: queued
         reply = await client.ask(Echo(text="me too"), to="quiet", timeout=HANG_GUARD)
         assert reply.payload.text == "quiet me too"
         assert PROBE.notes["sink_at_quiet"] < total // 2
         await PROBE.event("sink-done").wait()
+        await flooding
         await settle(pump)
     assert PROBE.counts["sink"] == total

@@ -184,8 +184,9 @@ async def test_sigterm_during_a_burst_exits_zero_with_every_message_counted():
     running = RunningServer(config_text()).start()
     try:
         async with await connect(running.socket_path, name="burst") as client:
-            for i in range(1000):
-                await client.send(f"<Echo><Text>{i}</Text></Echo>" if i % 10 else "<Echo><Bad/></Echo>", to="echo")
+            for i in range(1000):  # a burst: not waiting for each ack (send_raw), one in ten refused
+                raw, _ = client.envelope(f"<Echo><Text>{i}</Text></Echo>" if i % 10 else "<Echo><Bad/></Echo>", to="echo")
+                await client.send_raw(raw)
             running.send_signal(signal.SIGTERM)
             # keep reading until the server closes the connection
             async def drain():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from agentserver.outbound import HuhError
 from agentserver.client import ControlError, connect
 from agentserver.framing import encode_frame
 from agentserver.limits import Limits
@@ -183,10 +184,9 @@ async def test_a_tcp_connection_sees_only_its_own_dead_letters(serve):
     server = await serve(tcp=True)
     async with connect(server.socket_path, name="local") as local, \
             connect(tcp=server.tcp, token=TOKEN, name="remote") as remote:
-        await local.send("<Nobody/>")
-        await remote.send("<Nobody/>")
-        await asyncio.wait_for(local.receive(), HANG_GUARD)
-        await asyncio.wait_for(remote.receive(), HANG_GUARD)
+        for client in (local, remote):
+            with pytest.raises(HuhError, match="no-route"):
+                await asyncio.wait_for(client.send("<Nobody/>"), HANG_GUARD)
         everything = await local.deadletters()
         own = await remote.deadletters()
     assert {letter["sender"] for letter in everything} == {"local", "remote"}

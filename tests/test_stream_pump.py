@@ -163,7 +163,7 @@ async def test_a_message_to_one_pump_never_reaches_the_other(start):
     text = organism(ECHO)
     first, second = await start(text), await start(text)
     frames = []
-    second.attach("tester", lambda frame: frames.append(frame) or True)  # same client name on both
+    second.mailboxes.attach("tester", lambda frame: frames.append(frame) or True)  # same client name on both
     async with first.client("tester") as one:
         await one.ask(Echo(text="only first"), to="echo", timeout=HANG_GUARD)
     await settle(first)

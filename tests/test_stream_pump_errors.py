@@ -144,7 +144,7 @@ async def test_a_thread_over_its_hop_limit_is_ended_and_the_root_caller_told(sta
 async def test_an_error_about_an_error_is_recorded_never_answered(start):
     pump = await start(organism(listener("fragile", "Echo", "fragile")))
     frames = []
-    pump.attach("tester", lambda frame: frames.append(frame) or True)
+    pump.mailboxes.attach("tester", lambda frame: frames.append(frame) or True)
     await pump.inject(envelope("<Echo><Text>go</Text></Echo>", to="fragile"), from_id="tester")
     await settle(pump)
     # fragile sent into the void, got a SystemError, and raised on it: that failure is recorded only
@@ -157,10 +157,10 @@ async def test_an_error_about_an_error_is_recorded_never_answered(start):
 async def test_a_system_error_to_a_client_that_is_gone_is_recorded(start):
     pump = await start(organism(RELAY))
     frames = []
-    session = pump.attach("tester", lambda frame: frames.append(frame) or True)
+    session = pump.mailboxes.attach("tester", lambda frame: frames.append(frame) or True)
     await pump.inject(envelope("<Order><Action>hang</Action><Arg>gate</Arg></Order>", to="relay"), from_id="tester")
     await PROBE.event("gate-started").wait()
-    pump.detach(session)
+    pump.mailboxes.detach(session)
     PROBE.event("gate").set()  # the relay answers a client that has left
     await settle(pump)
     assert frames == []
@@ -171,10 +171,10 @@ async def test_a_system_error_to_a_client_that_is_gone_is_recorded(start):
 async def test_an_error_report_to_a_client_that_is_gone_is_recorded(start, probe):
     pump = await start(organism(RELAY))
     frames = []
-    session = pump.attach("tester", lambda frame: frames.append(frame) or True)
+    session = pump.mailboxes.attach("tester", lambda frame: frames.append(frame) or True)
     await pump.inject(envelope("<Order><Action>hang</Action><Arg>gate</Arg></Order>", to="relay"), from_id="tester")
     await probe.event("gate-started").wait()
-    pump.detach(session)
+    pump.mailboxes.detach(session)
     probe.notes["raise_when_released"] = True
     probe.event("gate").set()  # the relay fails; its caller, the client, has left
     await settle(pump)
@@ -186,7 +186,7 @@ async def test_an_error_report_to_a_client_that_is_gone_is_recorded(start, probe
 async def test_a_handler_that_answers_every_error_with_another_failure_is_stopped_by_the_hop_limit(start):
     pump = await start(organism(listener("stubborn", "Echo", "stubborn"), limits={"max_thread_hops": 50}))
     frames = []
-    pump.attach("tester", lambda frame: frames.append(frame) or True)
+    pump.mailboxes.attach("tester", lambda frame: frames.append(frame) or True)
     await pump.inject(envelope("<Echo><Text>go</Text></Echo>", to="stubborn"), from_id="tester")
     await settle(pump)
     # every SystemError delivery is a hop: the exchange ends at the limit ...

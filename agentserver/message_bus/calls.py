@@ -6,7 +6,8 @@
 (the same envelope, validation, peers rule, hop count, context buffer and child
 thread), registers the call under its call id, gives the handler's slots back while
 it waits (so chains of awaiting handlers cannot deadlock, even with one slot), and
-takes a slot again, fairly, before the handler continues.
+takes a slot again, fairly, before the handler continues. Calls a handler makes at
+once (`asyncio.gather`) give the slot back once, and the last to end takes it back.
 
 `Calls` keeps the awaited calls of one pump. What ends a call:
 
@@ -66,6 +67,7 @@ class Calls:
     def __init__(self) -> None:
         self._open: dict[str, Call] = {}
         self.late = 0
+        self.on_open: Callable[[Call], None] | None = None  # the journal keeps which calls are awaited
 
     def __len__(self) -> int:
         return len(self._open)
@@ -76,6 +78,8 @@ class Calls:
     def open(self, call_id: str, peer: str, thread: "Thread") -> Call:
         call = self._open[call_id] = Call(call_id, peer, thread)
         thread.conversation.awaited += 1
+        if self.on_open is not None:
+            self.on_open(call)
         return call
 
     def close(self, call: Call) -> None:
@@ -123,7 +127,16 @@ class Calls:
             call.future.set_exception(PeerError(code, peer or call.peer, call_id))
         return True
 
-    def unit_ended(self, call: Call) -> None:
+    @staticmethod
+    def unit_started(state: MessageState) -> None:
+        if state.branch is not None:
+            state.branch.live += 1
+
+    def unit_ended(self, state: MessageState) -> None:
+        """A unit ended; if it was the last of an awaited call's branch and none answered: no-answer."""
+        call = state.branch
+        if call is None:
+            return
         call.live -= 1
         if call.live <= 0 and call.id in self._open and not call.future.done():
             call.future.set_exception(PeerError(ErrorCode.NO_ANSWER, call.peer, call.id))
@@ -150,21 +163,31 @@ class CallDesk:
         call = self.calls.open(message.call_id, peer, route.thread)
         message.branch = call
         self.push(message)
-        for parked in self.slots.free(name):  # wait without holding a slot
-            self.start(parked)
+        unit.asking += 1
+        if unit.asking == 1:  # its first call in flight: wait without holding a slot
+            for parked in self.slots.free(name):
+                self.start(parked)
         try:
             answer = await (asyncio.wait_for(call.future, timeout) if timeout is not None else call.future)
         except asyncio.CancelledError:
             self.calls.close(call)
-            self.slots.retake(name)  # the handler ends now: its unit gives back a slot it holds
+            unit.asking -= 1
+            if unit.asking == 0:
+                self.slots.retake(name)  # the handler ends now: its unit gives back a slot it holds
             raise
         except BaseException:
             self.calls.close(call)
-            await self._take_slot(unit, name)
+            await self._calls_done(unit, name)
             raise
         self.calls.close(call)
-        await self._take_slot(unit, name)
+        await self._calls_done(unit, name)
         return answer
+
+    async def _calls_done(self, unit: MessageState, name: str) -> None:
+        """One of the unit's calls ended; the last to end takes a slot back (fairly) for it."""
+        unit.asking -= 1
+        if unit.asking == 0:
+            await self._take_slot(unit, name)
 
     async def _take_slot(self, unit: MessageState, name: str) -> None:
         conversation = unit.conversation

@@ -50,11 +50,12 @@ class Counters:
     handled: int = 0
     errored: Counter = field(default_factory=Counter)
     errored_total: int = 0
+    deferred: int = 0  # cut off by shutdown and kept in the journal: they run at the next start
     listeners: dict[str, ListenerCounters] = field(default_factory=dict)
 
     @property
     def in_flight(self) -> int:
-        return self.accepted - self.handled - self.errored_total
+        return self.accepted - self.handled - self.errored_total - self.deferred
 
     def listener(self, name: str) -> ListenerCounters:
         counters = self.listeners.get(name)

@@ -65,6 +65,7 @@ def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "Ca
         history=stores.history.history(thread.id),
         conversation_id=thread.conversation.external_id or "",
         message_id=state.message_id,
+        redelivered=state.redelivered,
         call_id=thread.call_id or "",
         _ask=functools.partial(desk.ask, state, route),
         _llm=functools.partial(ask_model, llm, listener, thread.conversation),
@@ -131,7 +132,7 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
     finally:
         deadlines.unwatch(task, key)
     for todo in responses.todos:
-        stores.todos.apply(todo, listener.name, route.thread.id)
+        stores.apply_todo(route.thread, todo, listener.name)
     return responses.states
 
 
@@ -183,6 +184,7 @@ class HandlerTasks:
             from agentserver.llm.router import LlmRouter
 
             llm = LlmRouter(config.llm, env=config.env)
+        routes.bind_llm(llm)  # LLM agents count their re-asks there
         return cls(config.limits, routes, llm)
 
     def forget(self, conversation: "Conversation") -> None:

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from agentserver.outbound import Outbound
 
-__all__ = ["Session", "Mailboxes", "Mailbox"]
+if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.message_bus.dedupe import Dedupe
+    from agentserver.message_bus.message_state import MessageState
+
+__all__ = ["Session", "Mailboxes", "Mailbox", "acknowledge"]
 
 log = logging.getLogger("agentserver.pump")
 
@@ -50,6 +54,23 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({self.id}, {self.name!r}{'' if self.attached else ', detached'})"
+
+
+def acknowledge(state: "MessageState", dedupe: "Dedupe", when_durable: Callable[["MessageState", Callable[[], object]], None]) -> None:
+    """The envelope of `state` was accepted: its sender gets its one ack (if it came over a
+    connection that numbers envelopes), once it is durable; a message id of the sender's
+    own is remembered for dedupe."""
+    ack = state.ack
+    if ack is None or ack.done:
+        return
+    ack.done = True
+    session = state.session
+    if session is None:
+        return
+    outbound = Outbound.ack(ack.seq, state.thread_ref or state.thread_hint or "", state.message_id)
+    when_durable(state, lambda: session.deliver(outbound))
+    if state.client_id and not (state.error is not None and state.error.code == "duplicate"):
+        dedupe.remember(session.name, state.message_id)
 
 
 class Mailboxes:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from lxml import etree
 
     from agentserver.message_bus.calls import Call
+    from agentserver.message_bus.durability import Entry
     from agentserver.message_bus.listeners import Listener, PayloadType
     from agentserver.message_bus.mailboxes import Session
     from agentserver.message_bus.thread_registry import Conversation, Thread
@@ -101,6 +102,16 @@ class ToClient:
         return self.thread.owner
 
 
+class FrameAck:
+    """An external envelope's number on its connection: it gets one ack or one `<huh>`."""
+
+    __slots__ = ("seq", "done")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.done = False
+
+
 class Ticket:
     """Counts the live parts of one admitted envelope; the last one out frees the slot."""
 
@@ -150,6 +161,11 @@ class MessageState:
     thread_hint: str | None = None  # external: the thread the client injected with (for <huh>s)
     branch: "Call | None" = None  # the awaited call (meta.ask) whose branch this unit is part of
     born: float = 0.0  # time.perf_counter() when it was accepted
+    ack: FrameAck | None = None  # external: the envelope's number on its connection (acked once)
+    client_id: bool = False  # external: the sender gave the message id (publisher dedupe)
+    redelivered: bool = False  # replayed from the journal after a restart
+    journal: "Entry | None" = None  # its place in the journal (durability.py), shared by its fan-out copies
+    asking: int = 0  # its handler's calls in flight (meta.ask): while any are, it holds no handler slot
 
     def fail(self, code: ErrorCode, reason: str, step: str, exc: BaseException | None = None) -> "MessageState":
         if self.error is None:
@@ -185,6 +201,10 @@ class MessageState:
             thread_hint=self.thread_hint,
             branch=self.branch,
             born=self.born,
+            ack=self.ack,
+            client_id=self.client_id,
+            redelivered=self.redelivered,
+            journal=self.journal,
         )
         for key, value in changes.items():
             setattr(child, key, value)

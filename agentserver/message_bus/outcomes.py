@@ -86,6 +86,7 @@ NOTIFY: dict[ErrorCode, Notify] = {
     E.CONVERSATION_TIMEOUT: Notify.ROOT,
     E.CANCELLED: Notify.ROOT,
     E.SHUTDOWN: Notify.NOBODY,
+    E.DUPLICATE: Notify.NOBODY,  # its sender gets an ack again
     E.UNDELIVERABLE: Notify.NOBODY,
     E.OVERLOADED: Notify.NOBODY,
 }
@@ -121,7 +122,7 @@ def decide(code: ErrorCode, step: str, *, is_error_report: bool, root_told: bool
         return Outcome(Notify.CALLER if step == HANDLER_STEP else notify, logging.ERROR)
     if notify is Notify.ROOT:  # told once per conversation, even about an error report
         return Outcome(Notify.NOBODY, logging.DEBUG) if root_told else Outcome(Notify.ROOT, logging.WARNING)
-    if code is E.LATE:  # an answer after its caller stopped waiting: expected now and then
+    if code is E.LATE or code is E.DUPLICATE:  # expected now and then: an answer too late, a resent message
         return Outcome(Notify.NOBODY, logging.INFO)
     level = logging.ERROR if code is E.HANDLER else logging.WARNING  # a handler crash is a bug to fix
     if is_error_report:
@@ -135,19 +136,26 @@ class ShutdownReport:
 
     handled: int
     errored: int
-    dropped: int  # units cancelled or never started because of the shutdown
+    dropped: int  # units cancelled or never started because of the shutdown (without a journal)
     clean: bool  # everything in flight finished before the deadline
+    deferred: int = 0  # with a journal: units cut off by the deadline, kept to run at the next start
+
+    @classmethod
+    def of(cls, counters: "Counters", dropped_before: int, clean: bool) -> "ShutdownReport":
+        return cls(handled=counters.handled, errored=counters.errored_total, clean=clean, deferred=counters.deferred,
+                   dropped=counters.errored[E.SHUTDOWN] - dropped_before)
 
     def __str__(self) -> str:
         state = "clean" if self.clean else "deadline reached"
-        return f"handled={self.handled} errored={self.errored} dropped={self.dropped} ({state})"
+        return f"handled={self.handled} errored={self.errored} dropped={self.dropped} deferred={self.deferred} ({state})"
 
 
 class Reporter:
     """Applies `decide()`: counts, logs, records and tells. Owned by one pump."""
 
     def __init__(self, ctx: "PipelineContext", counters: "Counters", dead_letters: "DeadLetters", calls: "Calls",
-                 push: Callable[[MessageState], None]) -> None:
+                 push: Callable[[MessageState], None], *, defer_shutdown: bool = False) -> None:
+        self.defer_shutdown = defer_shutdown  # with a journal, a unit cut off by shutdown is deferred, not dropped
         self.ctx = ctx
         self.counters = counters
         self.dead_letters = dead_letters
@@ -157,6 +165,9 @@ class Reporter:
     def report(self, state: MessageState) -> None:
         error = state.error
         assert error is not None
+        if error.code is E.SHUTDOWN and self.defer_shutdown:
+            self.counters.deferred += 1  # kept in the journal: it runs at the next start
+            return
         self.counters.error(error.code)
         thread = state.delivery_thread or state.thread
         conversation = thread.conversation if thread is not None else state.conversation
@@ -173,6 +184,8 @@ class Reporter:
                 + " conversation=%(conversation)s thread=%(thread)s reason=%(reason)s",
                 {"code": error.code, "step": error.step, "sender": sender, "to": to, "conversation": cid,
                  "thread": thread_id, "reason": error.reason}, exc_info=error.exc)
+        if error.code is E.DUPLICATE:  # a resend after a lost ack: its sender gets the ack again, nothing is lost
+            return
         raw = state.canonical or state.raw
         if not raw and state.root is not None:
             raw = etree.tostring(state.root, method="c14n", exclusive=True)
@@ -199,8 +212,12 @@ class Reporter:
         if kind is OriginKind.EXTERNAL:
             client = state.origin.name or state.sender or "client"
             thread_id = state.thread_ref or state.thread_hint or NIL_THREAD
-            huh = build_huh(to=client, thread=thread_id, code=code, message=canned(code))
-            outbound = Outbound(OutboundKind.HUH, thread_id, "system", huh, code=code, message=canned(code))
+            ack = state.ack  # the refused envelope's number on its connection: this is its one answer
+            seq = ack.seq if ack is not None else None
+            if ack is not None:
+                ack.done = True
+            huh = build_huh(to=client, thread=thread_id, code=code, message=canned(code), seq=seq)
+            outbound = Outbound(OutboundKind.HUH, thread_id, "system", huh, code=code, message=canned(code), seq=seq)
             if state.session is None or not state.session.deliver(outbound):
                 self._undeliverable(client, thread_id, code, huh)
         elif kind is OriginKind.LISTENER and state.sender_thread is not None:

@@ -14,6 +14,7 @@ from lxml import etree
 
 from agentserver.envelope import load_envelope_schema
 from agentserver.ids import IdSource
+from agentserver.message_bus.dedupe import Dedupe
 from agentserver.limits import Limits
 from agentserver.message_bus.listeners import Routes
 from agentserver.message_bus.stores import ThreadStore
@@ -31,6 +32,7 @@ class PipelineContext:
     limits: Limits
     clock: Callable[[], float] = field(default=time.monotonic)
     ids: IdSource = field(default_factory=IdSource)  # message and call ids
+    dedupe: Dedupe = field(default_factory=lambda: Dedupe(time.time))  # (sender, message id) accepted lately
 
     @classmethod
     def build(cls, limits: Limits, routes: Routes, threads: ThreadStore, clock: Callable[[], float]) -> "PipelineContext":

@@ -38,7 +38,7 @@ from agentserver.primitives import TodoComplete, TodoUntil
 from agentserver.outbound import Outbound, OutboundKind
 from agentserver.xmlsafe import UnsafeXml
 
-__all__ = ["build_responses", "Responses", "WrongType", "payload_element", "system_message", "reply_outbound"]
+__all__ = ["build_responses", "Responses", "WrongType", "payload_element", "system_message", "reply_outbound", "deliver_reply"]
 
 
 class WrongType(Exception):
@@ -140,6 +140,16 @@ def reply_outbound(state: MessageState, route: ToClient) -> Outbound:
                                              message_id=message_id, call=call))
 
     return Outbound(OutboundKind.REPLY, thread_id, sender, frame, state.payload, element)
+
+
+def deliver_reply(state: MessageState, route: ToClient) -> bool:
+    """Hand a routed reply to the session of the client at the root of its conversation;
+    False if that client is gone or not reading. A respond() at the root of the pump's
+    own conversation (Boot's: no session) simply ends there."""
+    session = route.thread.conversation.session
+    if session is None:
+        return route.client == "system"
+    return session.deliver(reply_outbound(state, route))
 
 
 def _envelope(elements: list[etree._Element], sender: str, to: str | None, thread: Thread, sender_thread: Thread,

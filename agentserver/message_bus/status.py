@@ -54,13 +54,14 @@ def pump_status(pump: "StreamPump") -> dict[str, Any]:
             "parked": pump.slots.parked(),
             "dead_letters": pump.dead_letters.total,
             "late": pump.calls.late,
+            "deferred": counters.deferred,
         },
         "listeners": _listeners(pump),
         "conversations": _conversations(pump),
         "registries": {"threads": len(stores.threads), "context_threads": len(stores.history), "todos": len(stores.todos)},
         "clients": list(pump.mailboxes),
         "llm": pump.handlers.llm.status() if pump.handlers.llm is not None else None,
-        "journal": None,
+        "journal": pump.durability.status(),
         "members": None,
     }
 

@@ -2,14 +2,19 @@
 
 The pump is given a `Stores` (in memory by default) and reaches its threads, their
 history and their todos only through these interfaces, so a journal or a store
-shared between processes can stand in for the in-memory registries later. Each
-interface says what the pump needs, no more. No I/O in the defaults.
+shared between processes can stand in for the in-memory registries. Each interface
+says what the pump needs, no more. No I/O in the defaults; with a journal, what changes
+an open conversation (a new thread, a message recorded, a todo) is also written ahead
+to it (journal.py), so that a restart rebuilds the open conversations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
+
+from lxml import etree
 
 from agentserver.message_bus.context_buffer import ContextBuffer
 from agentserver.message_bus.thread_registry import ThreadRegistry
@@ -34,6 +39,7 @@ class ThreadStore(Protocol):
     def extend(self, thread: "Thread", name: str, call_id: str | None = None) -> "Thread": ...
     def prune(self, thread: "Thread") -> "Thread | None": ...
     def find(self, session: "Session | None", client: str, external_id: str) -> "Conversation | None": ...
+    def restore(self, conversations: list[dict[str, Any]], threads: list[dict[str, Any]], now: float) -> dict[str, "Conversation"]: ...
     def touch(self, conversation: "Conversation", now: float) -> None: ...
     def forget(self, conversation: "Conversation") -> list[str]: ...
     def idle_conversations(self, now: float, idle_s: float) -> list["Conversation"]: ...
@@ -70,12 +76,13 @@ class Stores:
     history: HistoryStore
     todos: TodoStore
     idle_s: float = 3600.0  # a conversation untouched this long is forgotten by `sweep`
+    journal: Any = None  # agentserver.journal.Journal: history and todos of open conversations are written ahead
     _last_sweep: float = 0.0
 
     @classmethod
-    def in_memory(cls, limits: "Limits") -> "Stores":
-        return cls(ThreadRegistry(), ContextBuffer(limits.context_slots, limits.context_threads), TodoRegistry(),
-                   idle_s=limits.thread_idle_s)
+    def in_memory(cls, limits: "Limits", journal: Any = None) -> "Stores":
+        return cls(ThreadRegistry(journal), ContextBuffer(limits.context_slots, limits.context_threads), TodoRegistry(),
+                   idle_s=limits.thread_idle_s, journal=journal)
 
     def forget(self, conversation: "Conversation") -> None:
         """The conversation is over (or idle too long): drop it, its threads, their history and todos."""
@@ -89,6 +96,18 @@ class Stores:
         self.threads.touch(thread.conversation, now)
         self.history.append(thread.id, entry)
         self.todos.observe(thread.id, entry.root_tag, entry.sender)
+        if self.journal is not None:
+            self.journal.history(thread.conversation.key, thread.id, {
+                "sender": entry.sender, "to": entry.to, "root_tag": entry.root_tag, "timestamp": entry.timestamp,
+                "message_id": entry.message_id, "call_id": entry.call_id,
+                "payload": etree.tostring(entry.payload.xml_value()).decode() if hasattr(entry.payload, "xml_value") else ""})
+
+    def apply_todo(self, thread: "Thread", todo: "TodoUntil | TodoComplete", issuer: str) -> None:
+        """A handler on `thread` returned a todo primitive."""
+        self.todos.apply(todo, issuer, thread.id)
+        if self.journal is not None:
+            self.journal.todo(thread.conversation.key, thread.id, {"issuer": issuer, "type": type(todo).__name__,
+                                                                  **dataclasses.asdict(todo)})
 
     def sweep(self, now: float) -> None:
         """At most once a second: forget conversations idle for longer than `idle_s`."""

@@ -13,7 +13,7 @@
    handler awaiting an answer (calls.py), or starts a delivery's handler or parks it.
 4. `_handle` calls the handler (handler_call.py) and sends its output to step 1.
 5. Every unit ends exactly once: `_settle` or `_fail` (outcomes.py tells whoever
-   should hear). A conversation over its budget, deadline or cancelled is ended.
+   should hear); with a journal it was written at `_accept` and is marked done at `_end`.
 
 Use it as `async with StreamPump(config) as pump:`; leaving the block shuts it down.
 """
@@ -22,28 +22,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from typing import Any, Callable
 
 from agentserver.codes import ErrorCode
 from agentserver.config import OrganismConfig
+from agentserver.journal import Journal
 from agentserver.limits import is_reserved
 from agentserver.message_bus.boot import boot_message, organism_routes
 from agentserver.message_bus.calls import CallDesk, Calls
 from agentserver.message_bus.conversations import ConversationGuard
 from agentserver.message_bus.counters import Counters
 from agentserver.message_bus.dead_letters import DeadLetters
+from agentserver.message_bus.durability import Journaled, Volatile
 from agentserver.message_bus.events import Events
 from agentserver.message_bus.flow import Admission, HandlerSlots, PumpClosed
 from agentserver.message_bus.handler_call import HandlerTasks, call_handler
 from agentserver.message_bus.local_client import LocalClient
-from agentserver.message_bus.mailboxes import Mailbox, Mailboxes, Session
-from agentserver.message_bus.message_state import Delivery, HistoryEntry, MessageState, Origin, StepError, ToClient
+from agentserver.message_bus.mailboxes import Mailboxes, Session, acknowledge
+from agentserver.message_bus.message_state import Delivery, FrameAck, HistoryEntry, MessageState, Origin, StepError, ToClient
 from agentserver.message_bus.outcomes import Reporter, ShutdownReport
 from agentserver.message_bus.pipeline import Pipeline
 from agentserver.message_bus.pipeline_context import PipelineContext
-from agentserver.message_bus.responses import reply_outbound
+from agentserver.message_bus.responses import deliver_reply
 from agentserver.message_bus.status import pump_status
 from agentserver.message_bus.stores import Stores
 
@@ -61,7 +64,8 @@ class StreamPump:
         self.config = config
         limits = config.limits
         self.counters = Counters()
-        self.stores = stores or Stores.in_memory(limits)
+        journal = Journal(config.journal, config.name) if config.journal else None  # JournalError: not ours, damaged
+        self.stores = stores or Stores.in_memory(limits, journal)
         self.dead_letters = DeadLetters(limits.dead_letters)
         self.routes = organism_routes(config)
         self.ctx = PipelineContext.build(limits, self.routes, self.stores.threads, clock)
@@ -72,8 +76,11 @@ class StreamPump:
         self.handlers = HandlerTasks.for_organism(config, self.routes)  # also owns the model router, if any
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
         self.calls = Calls()  # awaited calls (meta.ask)
+        self.durability = Journaled(journal, self.ctx, self.stores, self.calls) if journal else Volatile()
         self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self._push, start=self._start)
-        self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self._push)
+        self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self._push,
+                                 defer_shutdown=self.durability.deferring)
+        self._acknowledge = functools.partial(acknowledge, dedupe=self.ctx.dedupe, when_durable=self.durability.when_durable)
         self.events = Events()
         self.started = time.time()
         self.guard = ConversationGuard(limits, self.stores, self.reporter, self.slots, self.handlers, self._fail,
@@ -92,13 +99,14 @@ class StreamPump:
 
     # ------------------------------------------------------------------ 1. intake
     async def inject(self, raw: bytes, *, session: Session | None = None, from_id: str | None = None,
-                     thread_id: str | None = None) -> None:
-        """Queue one envelope from `session` (or the one attached as `from_id`); waits while
-        the intake is full. A `<huh>` for bytes without a readable thread carries `thread_id`."""
+                     thread_id: str | None = None, seq: int | None = None) -> None:
+        """Queue one envelope from `session` (or the one attached as `from_id`), waiting while the intake is
+        full; `seq`: its number on the connection (one ack or one `<huh>`); `thread_id`: the `<huh>`'s fallback."""
         session = session or self.mailboxes.named(from_id)
         name = session.name if session is not None else from_id
         await self.admission.enter_intake(session or name)
-        state = MessageState(raw=bytes(raw), origin=Origin.external(name), session=session, thread_hint=thread_id)
+        state = MessageState(raw=bytes(raw), origin=Origin.external(name), session=session, thread_hint=thread_id,
+                             ack=FrameAck(seq) if seq is not None else None)
         self._accept(state)
         self.admission.push(state, session or name, intake=True)
 
@@ -119,6 +127,8 @@ class StreamPump:
         loop = asyncio.get_running_loop()
         try:
             async with self.handlers:  # the handler tasks' group, their deadlines, the loop-lag watchdog
+                for state in self.durability.start():  # with a journal: what was not done last time
+                    self._push(state)
                 self.guard.tick()  # conversation deadlines, idle conversations: once a second from now on
                 async with self.pipeline.stream(self.admission.batches()).stream() as batches:
                     slice_end = loop.time() + SLICE_S
@@ -142,9 +152,14 @@ class StreamPump:
         elif ended is not None:
             self._fail(state, ended, f"the conversation was ended ({ended})")
         elif isinstance(route, ToClient):
-            self._reply(state, route)
+            self._acknowledge(state)
+            if deliver_reply(state, route):
+                self._settle(state)
+            else:
+                self._fail(state, ErrorCode.UNDELIVERABLE, f"client {route.client!r} is gone or not reading")
         else:
             assert isinstance(route, Delivery)
+            self._acknowledge(state)  # the envelope is accepted: its sender's one ack
             entry = HistoryEntry(state.sender, route.listener.name, state.root_tag, state.payload, time.time(),
                                  state.message_id, state.call_id)
             self.stores.record(route.thread, entry, self.ctx.clock())
@@ -164,28 +179,23 @@ class StreamPump:
         self.counters.listener(route.listener.name).delivered += 1
         self.handlers.start(state, self._handle(state, route), name=f"handler:{route.listener.name}")
 
-    def _reply(self, state: MessageState, route: ToClient) -> None:
-        session = route.thread.conversation.session  # None: a respond() at the root of a system conversation
-        if session.deliver(reply_outbound(state, route)) if session is not None else route.client == "system":
-            self._settle(state)
-        else:
-            self._fail(state, ErrorCode.UNDELIVERABLE, f"client {route.client!r} is gone or not reading")
-
     # ------------------------------------------------------------------ 4. handlers
     async def _handle(self, state: MessageState, route: Delivery) -> None:
         listener = route.listener
         ok, started = False, time.perf_counter()
         try:
-            stopping = self.admission.stopping
-            outcome = await call_handler(state, route, self.stores, self.ctx, self.handlers, self.desk, stopping)
+            outcome = await call_handler(state, route, self.stores, self.ctx, self.handlers, self.desk,
+                                         self.admission.stopping)
             if isinstance(outcome, StepError):
                 state.error = outcome
                 self._fail(state)
             else:
+                self.durability.handled(state, outcome)  # one transaction: this unit done, its outputs kept
                 for response in outcome:
                     self._push(response)
                 ok = True
                 self._settle(state)
+            await self.durability.settled(state)  # with a journal, the slot is held until the unit's end is on disk
         except asyncio.CancelledError:
             ended = route.thread.conversation.ended  # cancelled because its conversation ended, or by shutdown
             self._fail(state, ended or ErrorCode.SHUTDOWN, f"{listener.name} cancelled ({ended or 'shutdown'})")
@@ -201,10 +211,10 @@ class StreamPump:
     # ------------------------------------------------------------------ 5. outcomes
     def _accept(self, state: MessageState) -> None:
         state.born = time.perf_counter()
+        self.durability.accept(state)  # with a journal: written before it is processed
         self.counters.accepted += 1
         self._idle.clear()
-        if state.branch is not None:
-            state.branch.live += 1
+        self.calls.unit_started(state)  # a unit of an awaited call's branch
 
     def _settle(self, state: MessageState) -> None:  # the unit ended well
         if not state.settled:
@@ -224,8 +234,9 @@ class StreamPump:
             self._end(state)
 
     def _end(self, state: MessageState) -> None:
-        if state.branch is not None:
-            self.calls.unit_ended(state.branch)
+        self.calls.unit_ended(state)  # the last unit of an awaited call's branch, unanswered: no-answer
+        self._acknowledge(state)  # an external envelope that got no <huh> is acked, whatever became of it
+        self.durability.ended(state)
         self.events.unit_ended(state)  # the hop event: logs, `watch`, the live page
         finished = state.release()
         if finished is not None:
@@ -236,20 +247,8 @@ class StreamPump:
             self._idle.set()
         self.stores.sweep(self.ctx.clock())  # also on the tick: idle conversations go with or without traffic
 
-    # ------------------------------------------------------------------ clients
-    def cancel(self, session: Session, thread_id: str) -> bool:
-        """Cancel `session`'s conversation `thread_id` (False if none is open): handlers stop, the client hears `cancelled`."""
-        return self.guard.cancel(session, thread_id)
-
-    def attach(self, name: str, mailbox: Mailbox) -> Session:
-        return self.mailboxes.attach(name, mailbox)  # an external sender: what is meant for it goes to `mailbox`
-
-    def detach(self, session: Session) -> None:
-        self.mailboxes.detach(session)  # the sender is gone: what is meant for it becomes a dead letter
-
     def client(self, name: str, **options: Any) -> LocalClient:
-        """An in-process client: `async with pump.client("me") as client: ...`."""
-        return LocalClient(self, name, **options)
+        return LocalClient(self, name, **options)  # in-process: `async with pump.client("me") as client: ...`
 
     # ------------------------------------------------------------------ shutdown
     async def shutdown(self, timeout: float | None = None) -> ShutdownReport:
@@ -269,8 +268,8 @@ class StreamPump:
             self._fail(state, ErrorCode.SHUTDOWN, "its handler ignored its cancellation at shutdown")
         if running and self._run_task is not None and self._run_task is not asyncio.current_task():
             await asyncio.wait([self._run_task], timeout=GRACE_S)
-        self._report = ShutdownReport(handled=self.counters.handled, errored=self.counters.errored_total,
-                                      dropped=self.counters.errored[ErrorCode.SHUTDOWN] - dropped_before, clean=clean)
+        await self.durability.close()
+        self._report = ShutdownReport.of(self.counters, dropped_before, clean)
         log.info("shutdown %s", self._report)
         return self._report
 
@@ -292,9 +291,10 @@ class StreamPump:
     def task(self) -> "asyncio.Task[None] | None":
         return self._run_task  # the task running run(): it ends after shutdown(), or if the pump fails
 
-    async def idle(self) -> None:  # until nothing is in flight (every accepted unit has ended)
+    async def idle(self) -> None:  # until nothing is in flight (every accepted unit has ended; with a journal, on disk)
         if self.counters.in_flight:
             await self._idle.wait()
+        await self.durability.settled()
 
     def status(self) -> dict[str, Any]:
         return pump_status(self)  # counters, queue depths and open conversations

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Hashable
+import time
+from typing import TYPE_CHECKING, Any, Hashable
 
 from agentserver.codes import ErrorCode
 from agentserver.ids import IdSource
@@ -59,11 +60,12 @@ class Thread:
 
 
 class Conversation:
-    __slots__ = ("id", "root", "external_id", "session", "pending", "units", "hops", "ended", "told", "started",
+    __slots__ = ("id", "key", "root", "external_id", "session", "pending", "units", "hops", "ended", "told", "started",
                  "last_active", "threads", "awaited", "closed_calls")
 
-    def __init__(self, id: int, external_id: str | None, session: "Session | None", now: float) -> None:
+    def __init__(self, id: int, external_id: str | None, session: "Session | None", now: float, key: str = "") -> None:
         self.id = id  # internal key, never on the wire
+        self.key = key  # a UUID: what the journal knows it by, across restarts
         self.external_id = external_id  # the id the client used, echoed on replies
         self.session = session  # the connection that started it: replies go there and nowhere else
         self.pending = 0  # units alive now
@@ -101,14 +103,13 @@ class Conversation:
 class ThreadRegistry:
     """Maps thread UUIDs to threads; owns the conversations they belong to."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: Any = None) -> None:
+        self._journal = journal  # agentserver.journal.Journal: new conversations and threads are written ahead
         self._threads: dict[str, Thread] = {}
         self._external: dict[tuple[Hashable, str], Conversation] = {}
         self._conversations: OrderedDict[int, Conversation] = OrderedDict()  # oldest activity first
         self.forgotten = 0
-        # thread ids: UUID-shaped, a random prefix per registry and a counter (unique, and
-        # five times cheaper than uuid4 on the hot path); conversation ids: a counter
-        self._ids = IdSource()
+        self._ids = IdSource()  # thread ids and conversation keys: random UUIDs
         self._conversation_numbers = itertools.count(1)
 
     # -- lookups -------------------------------------------------------------
@@ -137,7 +138,9 @@ class ThreadRegistry:
             if known is not None:
                 self.touch(known, now)
                 return known.root
-        conversation = Conversation(next(self._conversation_numbers), external_id, session, now)
+        conversation = Conversation(next(self._conversation_numbers), external_id, session, now, self._ids.new())
+        if self._journal is not None and client != "system":  # the pump's own (Boot) are made again at start
+            self._journal.conversation(conversation.key, client, external_id, time.time())
         root = self._new_thread((client,), None, conversation)
         conversation.root = root
         self._conversations[conversation.id] = conversation
@@ -172,6 +175,33 @@ class ThreadRegistry:
             idle.append(conversation)
         return idle
 
+    def restore(self, conversations: list[dict[str, Any]], threads: list[dict[str, Any]], now: float) -> dict[str, Conversation]:
+        """Rebuild open conversations and their threads from a journal (parents first); they
+        belong to no session (their clients' connections ended with the old process).
+        Returns the conversations by key."""
+        restored: dict[str, Conversation] = {}
+        for found in conversations:
+            conversation = Conversation(next(self._conversation_numbers), found["external_id"], None, now, found["key"])
+            restored[conversation.key] = conversation
+            self._conversations[conversation.id] = conversation
+            if conversation.external_id is not None:
+                self._external[(found["client"], conversation.external_id)] = conversation
+        for found in threads:
+            owner = restored.get(found["conversation"])
+            parent = self._threads.get(found["parent"]) if found["parent"] else None
+            if owner is None or (found["parent"] and parent is None):
+                continue  # a thread of a conversation the journal does not hold (it ended)
+            thread = Thread(found["id"], tuple(found["chain"]), parent, owner, found["call_id"])
+            self._threads[thread.id] = thread
+            owner.threads.append(thread.id)
+            if parent is None:
+                owner.root = thread
+        for key, conversation in list(restored.items()):
+            if not hasattr(conversation, "root"):  # its root thread never made it to the journal
+                self._conversations.pop(conversation.id, None)
+                del restored[key]
+        return restored
+
     def forget(self, conversation: Conversation) -> list[str]:
         """Drop `conversation` and its threads; returns the ids of the threads dropped.
 
@@ -186,12 +216,16 @@ class ThreadRegistry:
                 del self._external[key]
         for thread_id in conversation.threads:
             self._threads.pop(thread_id, None)
+        if self._journal is not None:
+            self._journal.forget(conversation.key)
         return conversation.threads
 
     # -- internals -----------------------------------------------------------------
     def _new_thread(self, chain: tuple[str, ...], parent: Thread | None, conversation: Conversation,
                     call_id: str | None = None) -> Thread:
         thread = Thread(self._ids.new(), chain, parent, conversation, call_id)
+        if self._journal is not None and chain[0] != "system":
+            self._journal.thread(conversation.key, thread.id, chain, parent.id if parent else None, call_id)
         self._threads[thread.id] = thread
         conversation.threads.append(thread.id)
         return thread
