@@ -146,6 +146,7 @@ TARGETS: dict[str, float] = {
     "socket_p99_x_floor2": 10.0,
     "concurrency_x_ideal": 2.0,
     "rss_growth_mib": 20.0,
+    "journal_x_off": 1.5,
     # --peers: ours / autogen-core
     "one_hop_x_autogen": 0.7,
     "two_hops_x_autogen": 0.7,
@@ -173,6 +174,9 @@ FIGURES = (
     "concurrency_ideal_ms",
     "concurrency_x_ideal",
     "rss_growth_mib",
+    "journal_us_per_hop",
+    "journal_off_us_per_hop",
+    "journal_x_off",
 ) + tuple(f"{workload}_{what}" for workload in PEER_WORKLOADS for what in ("ours", "autogen", "x_autogen"))
 
 
@@ -330,6 +334,24 @@ async def measure_throughput(pump: StreamPump, raws: list[bytes], hops: int, war
         "us_per_hop": elapsed / (len(raws) * hops) * 1e6,
         "messages_per_s": len(raws) * hops / elapsed,
     }
+
+
+async def measure_journal(counts: Counts) -> dict[str, Any]:
+    """One hop, N messages, with `organism.journal` (SQLite, fsync per group commit) and
+    without, alternated (off, on, off, on): the best of two of each. Every unit is
+    written before it is processed and marked done after; the run ends when all of it
+    is on disk (`idle()` waits for the journal)."""
+    raws = envelopes("Ping", "sink", counts.throughput)
+    warm = envelopes("Ping", "sink", counts.warmup)
+    best: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-journal-") as directory:
+        for n, mode in enumerate(("off", "on", "off", "on")):
+            path = os.path.join(directory, f"journal-{n}.db") if mode == "on" else None
+            async with running_pump(journal=path) as pump:
+                run = await measure_throughput(pump, raws, 1, warm)
+            if mode not in best or run["us_per_hop"] < best[mode]["us_per_hop"]:
+                best[mode] = run
+    return {**best, "x_off": best["on"]["us_per_hop"] / best["off"]["us_per_hop"]}
 
 
 # ---------------------------------------------------------------------------- 3. latency
@@ -626,6 +648,9 @@ def render(results: dict[str, Any]) -> str:
          + (f" (quick; full {full['memory_conversations'] * full['memory_messages_per_conversation']:,}"
             f" / {full['memory_conversations']:,})" if quick else ""),
          f"{fmt(f['rss_growth_mib'], '+.1f')} MiB", "≤ 20 MiB", verdict("rss_growth_mib", f["rss_growth_mib"])),
+        (f"journal on vs off, 1 hop, N={counted('throughput')}",
+         f"{fmt(f['journal_us_per_hop'], '.1f')} vs {fmt(f['journal_off_us_per_hop'], '.1f')} µs/hop = "
+         f"{fmt(f['journal_x_off'], '.2f')}x", "≤ 1.5x", verdict("journal_x_off", f["journal_x_off"])),
     ]
     out = [
         f"agentserver bench: {results['mode']} run"
@@ -723,6 +748,12 @@ async def bench(counts: Counts, mode: str, progress: Callable[[str], None], peer
     conc = await measure_concurrency(counts)
     results["concurrency"] = conc
     f["concurrency_wall_ms"], f["concurrency_ideal_ms"], f["concurrency_x_ideal"] = conc["wall_ms"], conc["ideal_ms"], conc["x_ideal"]
+
+    progress("journal on and off")
+    journal = await measure_journal(counts)
+    results["journal"] = journal
+    f["journal_us_per_hop"], f["journal_off_us_per_hop"] = journal["on"]["us_per_hop"], journal["off"]["us_per_hop"]
+    f["journal_x_off"] = journal["x_off"]
 
     progress("memory")
     mem = await measure_memory(counts)

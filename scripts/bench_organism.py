@@ -93,7 +93,7 @@ _PREFIX = "bench_organism."
 
 
 def config_yaml(*, name: str = "bench", socket: str | None = None, max_concurrent_handlers: int = 20,
-                max_concurrent_pipelines: int = 50, prefix: str = _PREFIX) -> str:
+                max_concurrent_pipelines: int = 50, prefix: str = _PREFIX, journal: str | None = None) -> str:
     """The organism.yaml text of the bench organism (`prefix`: the module's import path + '.').
 
     Each listener may use every handler slot (`max_concurrent_per_listener` is
@@ -105,6 +105,8 @@ def config_yaml(*, name: str = "bench", socket: str | None = None, max_concurren
     ]
     if socket is not None:
         lines.append(f"  socket: {socket}")
+    if journal is not None:
+        lines.append(f"  journal: {journal}")
     lines += [
         "thread_scheduling: breadth-first",
         f"max_concurrent_pipelines: {max_concurrent_pipelines}",

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from agentserver.client import connect
-from tests.server_harness import RunningServer, config_text
+from tests.server_harness import RunningServer, cli, config_text
 
 LISTENERS = """
 listeners:
@@ -108,3 +108,15 @@ def test_kill_9_under_load_loses_no_acked_message(tmp_path):
     assert len(duplicates) <= MAX_HANDLERS, duplicates
     for n, seen in duplicates.items():
         assert [redelivered for redelivered, _ in seen[1:]] == [True] * (len(seen) - 1), (n, seen)
+
+
+@pytest.mark.subprocess
+def test_run_refuses_a_damaged_journal_naming_its_path(tmp_path):
+    config = config_text(listeners=LISTENERS).replace(
+        "  socket: run/agentserver.sock\n", "  socket: run/agentserver.sock\n  journal: journal.db\n")
+    (tmp_path / "organism.yaml").write_text(config)
+    (tmp_path / "journal.db").write_bytes(b"SQLite format 3\x00" + b"\x07" * 8192)
+    done = cli("run", "organism.yaml", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "journal.db" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (tmp_path / "journal.db").stat().st_size == 8192 + 16  # kept as it was

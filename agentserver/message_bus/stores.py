@@ -90,9 +90,10 @@ class Stores:
         self.history.forget(thread_ids)
         self.todos.forget(thread_ids)
 
-    def record(self, thread: "Thread", entry: "HistoryEntry", now: float) -> None:
+    def record(self, thread: "Thread", entry: "HistoryEntry", now: float, element: Any = None) -> None:
         """A message is delivered on `thread`: its history and todo watchers see it, and
-        its conversation is active (not forgotten as idle while it is busy)."""
+        its conversation is active (not forgotten as idle while it is busy). `element`:
+        the payload as the pipeline read it (the journal keeps its bytes)."""
         self.threads.touch(thread.conversation, now)
         self.history.append(thread.id, entry)
         self.todos.observe(thread.id, entry.root_tag, entry.sender)
@@ -100,7 +101,7 @@ class Stores:
             self.journal.history(thread.conversation.key, thread.id, {
                 "sender": entry.sender, "to": entry.to, "root_tag": entry.root_tag, "timestamp": entry.timestamp,
                 "message_id": entry.message_id, "call_id": entry.call_id,
-                "payload": etree.tostring(entry.payload.xml_value()).decode() if hasattr(entry.payload, "xml_value") else ""})
+                "payload": _payload_text(entry.payload, element)})
 
     def apply_todo(self, thread: "Thread", todo: "TodoUntil | TodoComplete", issuer: str) -> None:
         """A handler on `thread` returned a todo primitive."""
@@ -115,3 +116,9 @@ class Stores:
             self._last_sweep = now
             for conversation in self.threads.idle_conversations(now, self.idle_s):
                 self.forget(conversation)
+
+
+def _payload_text(payload: Any, element: Any) -> str:
+    if element is not None:
+        return etree.tostring(element, encoding="unicode")
+    return etree.tostring(payload.xml_value(), encoding="unicode") if hasattr(payload, "xml_value") else ""

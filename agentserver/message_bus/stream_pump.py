@@ -162,7 +162,7 @@ class StreamPump:
             self._acknowledge(state)  # the envelope is accepted: its sender's one ack
             entry = HistoryEntry(state.sender, route.listener.name, state.root_tag, state.payload, time.time(),
                                  state.message_id, state.call_id)
-            self.stores.record(route.thread, entry, self.ctx.clock())
+            self.stores.record(route.thread, entry, self.ctx.clock(), state.payload_element)
             state.leave_pipeline()  # a parked unit must not hold back other listeners' messages
             conversation = route.thread.conversation
             answered = self.calls.answer(state, route)  # the answer to an awaited call resumes its waiter
