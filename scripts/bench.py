@@ -147,6 +147,7 @@ TARGETS: dict[str, float] = {
     "concurrency_x_ideal": 2.0,
     "rss_growth_mib": 20.0,
     "journal_x_off": 1.5,
+    "peer_call_x_ask": 1.0,
     # --peers: ours / autogen-core
     "one_hop_x_autogen": 0.7,
     "two_hops_x_autogen": 0.7,
@@ -174,6 +175,8 @@ FIGURES = (
     "concurrency_ideal_ms",
     "concurrency_x_ideal",
     "rss_growth_mib",
+    "peer_ask_p50_ms",
+    "peer_call_x_ask",
     "journal_us_per_hop",
     "journal_off_us_per_hop",
     "journal_x_off",
@@ -361,16 +364,19 @@ def latency_figures(samples_ns: list[int]) -> dict[str, Any]:
             "mean_ms": statistics.fmean(ms), "max_ms": max(ms)}
 
 
-async def measure_inproc_latency(pump: StreamPump, n: int, warm: int) -> dict[str, Any]:
+async def measure_inproc_latency(pump: StreamPump, n: int, warm: int, *, through_peer: bool = False) -> dict[str, Any]:
+    """Closed-loop in-process asks of `echo` (two hops), or of `caller`, whose handler
+    awaits `echo` with meta.ask (`through_peer`: four hops, one handler waiting)."""
     samples: list[int] = []
     clock = time.perf_counter_ns
+    payload_class, to = (organism.Call, "caller") if through_peer else (organism.Echo, "echo")
     async with pump.client(CLIENT) as client:
         for i in range(warm):
-            await client.ask(organism.Echo(seq=i, text=TEXT), to="echo", timeout=5)
+            await client.ask(payload_class(seq=i, text=TEXT), to=to, timeout=5)
         await drain(pump)
         for i in range(n):
             start = clock()
-            reply = await client.ask(organism.Echo(seq=i, text=TEXT), to="echo", timeout=5)
+            reply = await client.ask(payload_class(seq=i, text=TEXT), to=to, timeout=5)
             samples.append(clock() - start)
             if reply.payload.seq != i:
                 raise BenchError(f"in-process ask: reply {reply.payload!r} to seq {i}")
@@ -636,6 +642,9 @@ def render(results: dict[str, Any]) -> str:
         (f"in-process ask p50, n={counted('latency')}", latency("inproc", "p50"),
          floor2("inproc_p50_x_floor2"), verdict("inproc_p50_x_floor2", f["inproc_p50_x_floor2"])),
         (f"in-process ask p99, n={counted('latency')}", latency("inproc", "p99"), "-", "-"),
+        (f"ask round trip, in-process, through a peer, n={counted('latency')}",
+         f"p50 {fmt(f['peer_ask_p50_ms'], '.3f')} ms: the awaited call adds {fmt(f['peer_call_x_ask'], '.2f')}x "
+         "a two-hop ask", "≤ 1.0x", verdict("peer_call_x_ask", f["peer_call_x_ask"])),
         (f"socket ask p50, n={counted('socket')}", na if socket_na else latency("socket", "p50"),
          floor2("socket_p50_x_floor2"), verdict("socket_p50_x_floor2", f["socket_p50_x_floor2"])),
         (f"socket ask p99, n={counted('socket')}", na if socket_na else latency("socket", "p99"),
@@ -718,6 +727,8 @@ async def bench(counts: Counts, mode: str, progress: Callable[[str], None], peer
         passes.append(measure_floor(one_hop, stages=False)["us_per_message"])
         progress("in-process latency")
         inproc = await measure_inproc_latency(pump, counts.latency, counts.latency_warmup)
+        progress("in-process latency, through a peer (meta.ask)")
+        via_peer = await measure_inproc_latency(pump, counts.latency, counts.latency_warmup, through_peer=True)
     floor["us_per_message"] = min(passes)
     floor["passes_us"] = passes
     results["floor"] = floor
@@ -732,6 +743,10 @@ async def bench(counts: Counts, mode: str, progress: Callable[[str], None], peer
     f["two_hop_floor_us"] = floor2 = 2 * floor["us_per_message"]
     f["inproc_p50_ms"], f["inproc_p99_ms"] = inproc["p50_ms"], inproc["p99_ms"]
     f["inproc_p50_x_floor2"], f["inproc_p99_x_floor2"] = inproc["p50_ms"] * 1e3 / floor2, inproc["p99_ms"] * 1e3 / floor2
+    results["peer_ask_latency"] = via_peer
+    f["peer_ask_p50_ms"] = via_peer["p50_ms"]
+    # what the awaited call adds to an ask (its two hops), against a whole ask of two hops
+    f["peer_call_x_ask"] = (via_peer["p50_ms"] - inproc["p50_ms"]) / inproc["p50_ms"]
 
     progress("socket latency")
     try:

@@ -3,6 +3,7 @@
     sink      <Ping>  -> None                              (one hop)
     relay     <Relay> -> HandlerResponse(<Ping>, to=sink)   (two hops)
     echo      <Echo>  -> HandlerResponse.respond(<Echoed>)  (closed-loop latency, in-process and socket)
+    caller    <Call>  -> await meta.ask("echo", <Echo>), respond(<Echoed>)  (an awaited call)
     sleeper   <Nap>   -> asyncio.sleep(0.010), None         (concurrency)
     ping/pong <Volley> back and forth until `left` is 0     (memory: 10 messages per conversation)
 
@@ -72,6 +73,18 @@ async def handle_echo(payload: Echo, meta: HandlerMetadata) -> HandlerResponse:
     return HandlerResponse.respond(Echoed(seq=payload.seq, text=payload.text))
 
 
+@xmlify
+@dataclass
+class Call:
+    seq: int
+    text: str
+
+
+async def handle_call(payload: Call, meta: HandlerMetadata) -> HandlerResponse:
+    answer = await meta.ask("echo", Echo(seq=payload.seq, text=payload.text))
+    return HandlerResponse.respond(Echoed(seq=answer.seq, text=answer.text))
+
+
 async def handle_nap(payload: Nap, meta: HandlerMetadata) -> None:
     await asyncio.sleep(0.010)
     return None
@@ -120,6 +133,7 @@ def config_yaml(*, name: str = "bench", socket: str | None = None, max_concurren
         ("sink", "Ping", "handle_sink"),
         ("relay", "Relay", "handle_relay"),
         ("echo", "Echo", "handle_echo"),
+        ("caller", "Call", "handle_call"),
         ("sleeper", "Nap", "handle_nap"),
         ("ping", "Volley", "handle_ping"),
         ("pong", "Volley", "handle_pong"),
