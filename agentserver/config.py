@@ -53,6 +53,7 @@ class OrganismConfig:
     socket: str = "run/agentserver.sock"
     tcp: str | None = None
     journal: str | None = None  # a SQLite file: what was accepted survives a crash (DESIGN.md §14)
+    http: str | None = None  # HOST:PORT (loopback) of /metrics, /healthz, /status and the live page (DESIGN.md §13)
     thread_scheduling: str = "breadth-first"
     max_concurrent_pipelines: int = 50
     max_concurrent_handlers: int = 20
@@ -67,7 +68,7 @@ class OrganismConfig:
 
 _TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
              "max_concurrent_per_agent", "max_concurrent_per_listener", "limits", "listeners", "llm"}
-_ORGANISM_KEYS = {"name", "socket", "tcp", "journal"}
+_ORGANISM_KEYS = {"name", "socket", "tcp", "journal", "http"}
 _LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency", "llm"}
 
 
@@ -195,6 +196,8 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
                     check.problem(organism["tcp"][1], f"organism.tcp must be a loopback address, not {host!r}")
                 else:
                     config.tcp = tcp
+        if "http" in organism:
+            config.http = _loopback_http(check, organism["http"][1])
 
     if "thread_scheduling" in top:
         node = top["thread_scheduling"][1]
@@ -234,6 +237,29 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
     if check.problems:
         raise ConfigError(check.problems)
     return config
+
+
+def _loopback_http(check: Checker, node: yaml.Node) -> str | None:
+    """`organism.http`: HOST:PORT on a loopback address (there is no TLS); port 0 takes a free one."""
+    import ipaddress
+
+    value = check.scalar(node, "organism.http", str)
+    if value is None:
+        return None
+    host, _, port = value.rpartition(":")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        check.problem(node, f"organism.http must be HOST:PORT (like 127.0.0.1:9100), not {value!r}")
+        return None
+    try:
+        loopback = bare == "localhost" or ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        check.problem(node, f"organism.http must be a loopback address (127.0.0.1, ::1 or localhost; "
+                            f"it has no TLS and no login), not {host!r}")
+        return None
+    return value
 
 
 def _listener_llm(check: Checker, fields: dict[str, tuple[yaml.Node, yaml.Node]], label: str) -> Any:

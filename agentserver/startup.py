@@ -16,19 +16,25 @@ Library code (`bootstrap`, `StreamPump`, `Server`) does none of this.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dotenv import load_dotenv
 
 from agentserver.config import ConfigError
+from agentserver.journal import JournalError
 from agentserver.limits import is_reserved
 from agentserver.message_bus.bootstrap import bootstrap
 from agentserver.message_bus.stream_pump import StreamPump
 from agentserver.server import Server, ServerError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.web import HttpServer
 
 __all__ = ["prepare_process", "serve", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG"]
 
@@ -55,6 +61,9 @@ async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | 
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    except JournalError as exc:  # damaged, another organism's, another schema version: never silently dropped
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     config = pump.config
     server = Server(pump, socket_path=socket_path or config.socket, tcp=tcp or config.tcp,
                     token=os.environ.get("AGENTSERVER_TOKEN"))
@@ -63,10 +72,11 @@ async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with pump:
+        async with pump, contextlib.AsyncExitStack() as owned:  # owned: the HTTP server, stopped after the drain
             try:
-                where = await server.start()
-            except ServerError as exc:
+                http = await owned.enter_async_context(_http(pump)) if config.http else None
+                where = [*([http.url] if http else []), *await server.start()]
+            except (ServerError, OSError) as exc:
                 log.error("cannot start: %s", exc)
                 return EXIT_FAILED
             names = ", ".join(name for name in sorted(pump.routes.by_name) if not is_reserved(name))
@@ -79,14 +89,23 @@ async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | 
             loop.remove_signal_handler(signum)
             signal.signal(signum, signal.SIG_IGN)  # already stopping: a repeated signal must not kill the exit
     counters = pump.counters
-    log.info("stopped: accepted=%d handled=%d errored=%d dropped=%d client_frames_dropped=%d",
-             counters.accepted, counters.handled, counters.errored_total, report.dropped, server.frames_dropped)
+    log.info("stopped: accepted=%d handled=%d errored=%d dropped=%d deferred=%d client_frames_dropped=%d",
+             counters.accepted, counters.handled, counters.errored_total, report.dropped, report.deferred,
+             server.frames_dropped)
     task = pump.task
     error = task.exception() if task is not None and task.done() and not task.cancelled() else None
     if error is not None:
         log.error("the pump failed: %r", error, exc_info=error)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _http(pump: StreamPump) -> "HttpServer":
+    """`organism.http`: /metrics, /healthz, /status and the live page (aiohttp, imported only when asked for)."""
+    from agentserver.web import HttpServer
+
+    assert pump.config.http is not None
+    return HttpServer(pump, pump.config.http)
 
 
 async def _until(stop: asyncio.Event, pump: StreamPump) -> None:

@@ -67,11 +67,16 @@ FIGURES = (
     "concurrency_ideal_ms",
     "concurrency_x_ideal",
     "rss_growth_mib",
+    "peer_ask_p50_ms",
+    "peer_call_x_ask",
+    "journal_us_per_hop",
+    "journal_off_us_per_hop",
+    "journal_x_off",
 )
 SOCKET_FIGURES = ("socket_p50_ms", "socket_p50_x_floor2", "socket_p99_ms", "socket_p99_x_floor2")
 PEER_FIGURES = tuple(f"{w}_{what}" for w in PEER_WORKLOADS for what in ("ours", "autogen", "x_autogen"))
 TARGETED = ("one_hop_x_floor", "two_hops_x_floor", "two_vs_one_hop", "inproc_p50_x_floor2", "socket_p50_x_floor2",
-            "socket_p99_x_floor2", "concurrency_x_ideal", "rss_growth_mib",
+            "socket_p99_x_floor2", "concurrency_x_ideal", "rss_growth_mib", "journal_x_off", "peer_call_x_ask",
             "one_hop_x_autogen", "two_hops_x_autogen", "ask_p50_x_autogen")
 LATENCY = re.compile(r"\d+\.\d{3} ms = \d+\.\d{2}x two-hop floor")
 

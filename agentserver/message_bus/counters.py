@@ -1,6 +1,8 @@
 """Counters the pump keeps: every unit of work is accepted once and ends once.
 
-    accepted == handled + errored + in_flight      (always)
+    accepted == handled + errored + deferred + in_flight      (always)
+
+`deferred`: with a journal, units cut off by shutdown, kept to run at the next start.
 
 `handled`: a handler returned normally, a reply reached a client's mailbox, or a
 branch ended by design. `errored` is kept by reason code. Per-listener figures count
@@ -10,13 +12,16 @@ deliveries to that listener.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 DURATIONS_KEPT = 1024  # handler durations kept per listener, for p50/p99
+# upper bounds (seconds) of the cumulative handler-duration histogram (/metrics); the last bucket is +Inf
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
-__all__ = ["Counters", "ListenerCounters"]
+__all__ = ["Counters", "ListenerCounters", "DURATION_BUCKETS"]
 
 
 @dataclass(slots=True)
@@ -27,6 +32,8 @@ class ListenerCounters:
     running: int = 0
     waiting: int = 0
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=DURATIONS_KEPT))
+    duration_buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))  # not cumulative
+    duration_sum: float = 0.0
 
     def ended(self, ok: bool, seconds: float = 0.0) -> None:
         """A handler call ended, well (`ok`) or in an error, after `seconds` (waits included)."""
@@ -35,6 +42,8 @@ class ListenerCounters:
         else:
             self.errored += 1
         self.durations.append(seconds)
+        self.duration_buckets[bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.duration_sum += seconds
 
     def percentile_ms(self, q: float) -> float | None:
         """The q-th percentile (nearest rank) of the recent handler durations, in ms."""
