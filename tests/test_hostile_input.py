@@ -120,7 +120,7 @@ def test_no_secret_content_in_any_frame_dead_letter_or_status(server, secret, ca
     assert [letter["code"] for letter in mine] == [case.code for case in CASES]
     assert marker.decode() not in json.dumps(letters)
     assert marker.decode() not in json.dumps(status)
-    shown = cli("deadletters", "--socket", str(server.socket_path), "--limit", "1000", cwd=server.workdir, timeout=GUARD)
+    shown = cli("deadletters", "--json", "--socket", str(server.socket_path), "--limit", "1000", cwd=server.workdir, timeout=GUARD)
     assert shown.returncode == 0, shown.stderr
     assert str(secret[0]) in shown.stdout  # the dead letters do keep the hostile bytes ...
     assert marker.decode() not in shown.stdout  # ... never what they point at
@@ -319,9 +319,9 @@ def test_dead_letters_are_bounded_and_shown_by_the_cli():
                 return len(big)
 
         big_size = asyncio.run(scenario())
-        shown = cli("deadletters", "--socket", path, cwd=server.workdir, timeout=GUARD)
-        latest = cli("deadletters", "--socket", path, "--limit", "2", cwd=server.workdir, timeout=GUARD)
-        status = cli("status", "--socket", path, cwd=server.workdir, timeout=GUARD)
+        shown = cli("deadletters", "--json", "--socket", path, cwd=server.workdir, timeout=GUARD)
+        latest = cli("deadletters", "--json", "--socket", path, "--limit", "2", cwd=server.workdir, timeout=GUARD)
+        status = cli("status", "--json", "--socket", path, cwd=server.workdir, timeout=GUARD)
     assert server.returncode == 0
     assert shown.returncode == 0 and latest.returncode == 0 and status.returncode == 0, (shown.stderr, status.stderr)
     records = [json.loads(line) for line in shown.stdout.splitlines()]

@@ -116,7 +116,7 @@ async def test_refused_message_reaches_dead_letters_and_status(server):
     assert status["counters"]["errored_by_reason"]["invalid-payload"] == 1
     assert status["counters"]["accepted"] == status["counters"]["handled"] + status["counters"]["errored"] + status["counters"]["in_flight"]
     assert letters[-1]["code"] == "invalid-payload" and "<Wrong>x</Wrong>" in letters[-1]["raw"]
-    shown = cli("status", "--socket", str(server.socket_path), cwd=server.workdir)
+    shown = cli("status", "--json", "--socket", str(server.socket_path), cwd=server.workdir)
     assert shown.returncode == 0 and json.loads(shown.stdout)["organism"] == "test-organism"
 
 
@@ -159,7 +159,7 @@ def test_check_reports_a_broken_config_with_file_and_line(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text(config_text().replace("    peers: [shouter]", "    peers: [shouter, nobody]").replace("  name: test-organism", "  name: test-organism\n  colour: blue"))
     done = cli("check", str(broken), cwd=tmp_path)
-    assert done.returncode == 1
+    assert done.returncode == 4
     lines = done.stderr.strip().splitlines()
     assert any(re.match(rf"{re.escape(str(broken))}:3: unknown key 'colour'", line) for line in lines), lines
     assert any(re.match(rf"{re.escape(str(broken))}:\d+: .*peer 'nobody'", line) for line in lines), lines
