@@ -258,7 +258,10 @@ class Connection(asyncio.BufferedProtocol):
         if isinstance(request, DeadLettersRequest):
             return self._dead_letters(request.limit)
         if isinstance(request, CancelRequest):
-            return {"cancelled": self.session is not None and self.pump.guard.cancel(self.session, request.thread)}
+            # the owner (a Unix connection) may cancel any conversation, as `agentserver cancel` does from
+            # a connection of its own; a TCP connection only those it started
+            return {"cancelled": self.session is not None and self.pump.guard.cancel(
+                self.session, request.thread, owner=self.machine.trusted)}
         raise TypeError(f"no answer for {request!r}")
 
     def _dead_letters(self, limit: int | None) -> list[dict[str, Any]]:

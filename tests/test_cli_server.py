@@ -78,15 +78,28 @@ def test_cancel_exits_1_for_no_such_conversation(capsys, server):
     assert code == EXIT_FAILED and "no open conversation" in err
 
 
-def test_cancel_exits_0_when_the_server_cancelled(capsys, server, monkeypatch):
-    from agentserver.client import Client
+def test_cancel_ends_a_conversation_started_by_another_client(capsys, server):
+    """`agentserver cancel` runs on a connection of its own: as the socket's owner it may
+    cancel any open conversation, and the client that started it hears `cancelled`."""
+    import asyncio
 
-    async def cancelled(self, thread_id):
-        return True
+    from agentserver.client import connect
+    from agentserver.outbound import RemoteError
 
-    monkeypatch.setattr(Client, "cancel", cancelled)
-    code, out, _ = run(capsys, server, "cancel", "00000000-0000-0000-0000-000000000000")
-    assert code == EXIT_OK and "cancelled" in out
+    async def scenario() -> tuple[int, str, str]:
+        async with connect(server.socket_path, name="starter") as starter:
+            asking = asyncio.create_task(starter.ask("<Slow><Seconds>30</Seconds></Slow>", to="slow", timeout=20))
+            while not (shown := (await starter.status())["conversations"]["shown"]):
+                await asyncio.sleep(0.02)
+            thread = shown[0]["id"]
+            result = await asyncio.to_thread(run, capsys, server, "cancel", thread)
+            with pytest.raises(RemoteError) as ended:
+                await asyncio.wait_for(asking, 10)
+            assert ended.value.code == "cancelled"
+            return result
+
+    code, out, err = asyncio.run(scenario())
+    assert code == EXIT_OK and "cancelled" in out, err
 
 
 def test_ask_waits_for_the_announced_conversation_timeout_plus_a_margin(capsys, server, monkeypatch):

@@ -16,7 +16,7 @@ from agentserver.control import CONTROL_NS
 from agentserver.framing import FrameDecoder, encode_frame
 from agentserver.outbound import HuhError, RemoteError
 from agentserver.sender import outbound_result
-from tests.socket_support import serve  # noqa: F401 (a fixture)
+from tests.socket_support import TOKEN, serve  # noqa: F401 (a fixture)
 from tests.support import HANG_GUARD
 
 
@@ -67,7 +67,7 @@ async def test_cancel_ends_the_conversation_and_its_caller_hears_cancelled(serve
         thread_id = await client.send("<Slow><Seconds>30</Seconds></Slow>", to="slow")
         while server.pump.counters.listener("slow").running == 0:
             await asyncio.sleep(0.01)
-        assert await other.cancel(thread_id) is False  # not its conversation
+        assert await other.cancel("11111111-2222-4333-8444-555555555555") is False  # no such conversation
         assert await client.cancel(thread_id) is True
         frame = await asyncio.wait_for(client.receive(), HANG_GUARD)
         assert frame.thread_id == thread_id
@@ -141,3 +141,19 @@ async def test_the_client_holds_the_server_to_the_protocol(answer, expected):
         server.close()
         await server.wait_closed()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_the_owner_cancels_any_conversation_a_tcp_client_only_its_own(serve):
+    server = await serve(tcp=True)
+    async with connect(server.socket_path, name="starter") as starter, \
+            connect(server.socket_path, name="owner") as owner, \
+            connect(tcp=server.tcp, token=TOKEN, name="remote") as remote:
+        thread_id = await starter.send("<Slow><Seconds>30</Seconds></Slow>", to="slow")
+        while server.pump.counters.listener("slow").running == 0:
+            await asyncio.sleep(0.01)
+        assert await remote.cancel(thread_id) is False  # over TCP: not its conversation
+        assert await owner.cancel(thread_id) is True  # the Unix socket's owner: `agentserver cancel THREAD`
+        frame = await asyncio.wait_for(starter.receive(), HANG_GUARD)
+        with pytest.raises(RemoteError) as ended:
+            outbound_result(frame)
+        assert ended.value.code == "cancelled"

@@ -81,9 +81,13 @@ class ConversationGuard:
             self.fail(state, code, f"the conversation was ended ({code})")
         self.handlers.cancel(conversation)
 
-    def cancel(self, session: "Session", thread_id: str) -> bool:
-        """Cancel the conversation `session` started as `thread_id`; False if none is open."""
+    def cancel(self, session: "Session", thread_id: str, *, owner: bool = False) -> bool:
+        """Cancel the conversation `session` started as `thread_id` (the `owner`, on the
+        Unix socket: any open conversation by the thread id its client used); False if
+        none is open."""
         conversation = self.stores.threads.find(session, session.name, thread_id)
+        if conversation is None and owner:
+            conversation = next((c for c in self.stores.threads.open_conversations() if c.external_id == thread_id), None)
         if conversation is None or conversation.ended is not None:
             return False
         self.end(conversation, ErrorCode.CANCELLED)
