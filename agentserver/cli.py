@@ -289,7 +289,7 @@ def _load(config_path: str):
 
     prepare_process()
     try:
-        return bootstrap(config_path)
+        return bootstrap(config_path, journal=False)  # check and schema only look: the journal file is left alone
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

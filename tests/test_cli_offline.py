@@ -151,3 +151,14 @@ def test_journal_inspect_reads_a_journal_a_server_holds_open(capsys, tmp_path):
 
     code, out = asyncio.run(scenario())
     assert code == 0 and json.loads(out)["units_not_done"] == 1
+
+
+def test_check_leaves_the_journal_file_alone(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "organism.yaml").write_text(
+        "organism:\n  name: looker\n  journal: state/journal.db\nlisteners:\n"
+        "  - name: echo\n    payload_class: tests.organisms.Echo\n    handler: tests.organisms.echo\n")
+    from agentserver.cli import main
+
+    assert main(["check", "organism.yaml"]) == 0
+    assert not (tmp_path / "state").exists()

@@ -32,10 +32,14 @@ def organism_environment(cwd: str | os.PathLike[str] | None = None) -> dict[str,
     return env
 
 
-def bootstrap(path: str | os.PathLike[str] = "config/organism.yaml") -> StreamPump:
+def bootstrap(path: str | os.PathLike[str] = "config/organism.yaml", *, journal: bool = True) -> StreamPump:
     """Check the configuration (with `.env` of the working directory) and build the pump.
 
     Raises ConfigError (every problem, as FILE:LINE: message) before anything starts.
-    The Boot message is queued and flows as soon as the pump runs.
+    The Boot message is queued and flows as soon as the pump runs. `journal=False`
+    leaves `organism.journal` unopened (and uncreated): for tools that only look.
     """
-    return StreamPump(load_config(path, env=organism_environment()))
+    config = load_config(path, env=organism_environment())
+    if not journal:
+        config.journal = None
+    return StreamPump(config)
