@@ -67,10 +67,20 @@ EXAMPLES = {
     "cancel": """\
         Cancel an open conversation by the thread id it was started with: its handlers
         stop and its caller hears SystemError `cancelled`.
-        Exit 0 when cancelled, 1 when this client has no such open conversation.
+        On the Unix socket (the owner) any open conversation; over TCP only this client's.
+        Exit 0 when cancelled, 1 when there is no such open conversation.
 
         example:
           python -m agentserver cancel 3f2a...-000000000001""",
+    "watch": """\
+        Print every hop as it happens, one line each: time, conversation, from -> to,
+        root tag, bytes, outcome, duration (over TCP: only this client's conversations).
+        Runs until Ctrl-C (exit 0), --count hops, or the server goes (exit 3). Hops this
+        side cannot print in time are dropped, never queued without bound.
+
+        example:
+          python -m agentserver watch
+          python -m agentserver watch --json --count 100 > hops.jsonl""",
     "check": """\
         Check a configuration without starting anything and print its routing table:
         root tag, listeners, kind, peers, concurrency. Problems are printed as FILE:LINE: what
@@ -213,6 +223,11 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--from", dest="sender", metavar="NAME", help="this client's name (default: a random one)")
     connection_options(cancel)
 
+    watch = verb("watch", "print every hop as it happens")
+    json_option(watch, "print one JSON object per hop and line")
+    watch.add_argument("--count", type=int, metavar="N", help="stop after N hops")
+    connection_options(watch, "how long to wait for the server to start the watch (default 30)")
+
     check = verb("check", "validate a configuration, print the routing table")
     check.add_argument("config", metavar="CONFIG")
 
@@ -250,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         "send": _send,
         "ask": _ask,
         "cancel": _cancel,
+        "watch": _watch,
         "check": _check,
         "schema": _schema,
         "status": _status,
@@ -498,6 +514,31 @@ def _cancel(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _client_verb(args, work)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    async def work(client) -> int:
+        seen = 0
+        if args.count is not None and args.count < 1:
+            return EXIT_OK
+        async for hop in client.watch():
+            print(json.dumps(hop, sort_keys=True) if args.json else _hop_line(hop), flush=True)
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                break
+        return EXIT_OK
+
+    try:
+        return _client_verb(args, work)
+    except KeyboardInterrupt:  # Ctrl-C is how a watch ends
+        return EXIT_OK
+
+
+def _hop_line(hop: dict[str, Any]) -> str:
+    when = datetime.fromtimestamp(float(hop.get("time", 0.0)), timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+    return (f"{when} {hop.get('conversation', '')} {hop.get('sender', '')} -> {hop.get('to', '')} "
+            f"<{hop.get('root_tag', '')}> {hop.get('bytes', 0)} B {hop.get('outcome', '')} "
+            f"{float(hop.get('duration_s', 0.0)) * 1000:.1f} ms")
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import uuid
-from typing import Any, Generator
+from typing import Any, AsyncIterator, Generator
 
 from lxml import etree
 
@@ -37,7 +37,7 @@ from agentserver.codes import canned
 from agentserver.envelope import MESSAGE, huh_seq, payload_elements, read_huh, read_meta
 from agentserver.outbound import HuhError, Outbound, OutboundKind
 from agentserver.protocol import (
-    CLIENT_MAX_FRAME, NEED_DATA, Ack, Answer, ClientConnection, ClientState, Closed, Envelope, Event, ProtocolError,
+    CLIENT_MAX_FRAME, NEED_DATA, Ack, Answer, Hop, ClientConnection, ClientState, Closed, Envelope, Event, ProtocolError,
     Refusal, Welcome,
 )
 from agentserver.sender import ExternalSender
@@ -133,6 +133,8 @@ class Client(ExternalSender):
         self._is_closed = False
         self._ended: ConnectionError | None = None  # why the connection ended, once it has
         self.unreadable = 0  # frames from the server that could not be read (skipped)
+        self._watches: dict[str, asyncio.Queue[dict | None]] = {}  # watch request id -> its hops
+        self.hops_dropped = 0
 
     async def __aenter__(self) -> "Client":
         return self
@@ -180,6 +182,24 @@ class Client(ExternalSender):
         data = await self._request("cancel", thread=thread_id)
         assert isinstance(data, dict)
         return bool(data.get("cancelled"))
+
+    async def watch(self, *, buffer: int = 10_000) -> AsyncIterator[dict]:
+        """Every hop event from now on, as a dict (time, conversation, thread, sender, to,
+        root_tag, bytes, outcome, duration_s, message_id, call_id, preview), until the
+        connection ends; over TCP, only hops of this client's own conversations. What this
+        side does not take in time is dropped (counted in `hops_dropped`)."""
+        self._check_open()
+        hops: asyncio.Queue[dict | None] = asyncio.Queue(buffer)
+        request_id, frame = self._machine.request("watch")
+        self._watches[request_id] = hops  # before the answer: hops may follow it at once
+        try:
+            await self._exchange(request_id, frame)
+            while (hop := await hops.get()) is not None:
+                yield hop
+        finally:
+            self._watches.pop(request_id, None)
+        if self._ended is not None:
+            raise self._ended
 
     async def _request(self, verb: str, **attrs: str) -> object:
         self._check_open()
@@ -259,6 +279,11 @@ class Client(ExternalSender):
             for future in self._answers.values():
                 if not future.done():
                     future.set_exception(error)
+            for hops in self._watches.values():  # a watch ends (and raises why) after what it holds
+                if hops.full():
+                    hops.get_nowait()  # the end must get in: one hop less
+                    self.hops_dropped += 1
+                hops.put_nowait(None)
             self._closed(error)
 
     def _on(self, event: Event) -> ConnectionError | None:
@@ -267,6 +292,13 @@ class Client(ExternalSender):
             self._on_envelope(event.data)
         elif isinstance(event, Ack):
             self._deliver(Outbound.ack(event.seq, event.thread, event.message_id))
+        elif isinstance(event, Hop):
+            hops = self._watches.get(event.request_id)
+            if hops is not None and isinstance(event.data, dict):
+                try:
+                    hops.put_nowait(event.data)
+                except asyncio.QueueFull:
+                    self.hops_dropped += 1
         elif isinstance(event, (Welcome, Answer)):
             self._answered(event.request_id, event)
         elif isinstance(event, Refusal):

@@ -17,6 +17,9 @@ Since protocol version 2, every envelope a client sends is confirmed: it gets ex
 one `<ctl:ack seq="7" thread="UUID" message="UUID"/>` (seq: the envelope's number on the
 connection, from 1) or one `<huh seq="7" ...>`, in the order the envelopes were sent.
 An ack carries no `id`, so a client can never take it for the answer to a request.
+After a `<ctl:watch id="4"/>` is answered, the server sends every hop event as
+`<ctl:hop watch="4">JSON</ctl:hop>` (a TCP client: only its own conversations'), and
+drops, rather than queues without bound, what a client does not read.
 
 Everything here is pure: build frames, read frames. The state machine that decides
 which frame may come when is agentserver/protocol.py.
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 __all__ = ["CONTROL_NS", "ControlFrame", "is_control", "read_control", "hello", "request", "welcome", "error",
-           "result", "ack"]
+           "result", "ack", "hop"]
 
 CONTROL_NS = "https://xml-pipeline.org/ns/control/v1"
 _C = "{%s}" % CONTROL_NS
@@ -95,6 +98,12 @@ def error(code: str, message: str, *, request_id: str | None = None, close: bool
 def ack(seq: int, thread: str, message_id: str) -> bytes:
     """The envelope numbered `seq` on this connection was accepted (and, with a journal, is on disk)."""
     return _frame("ack", seq=str(seq), thread=thread, message=message_id)
+
+
+def hop(watch_id: str, data: object) -> bytes:
+    """One hop event for the `watch` request `watch_id` (JSON). It carries no `id`: it is
+    never an answer."""
+    return _frame("hop", json.dumps(data, default=str, sort_keys=True), watch=watch_id)
 
 
 def result(request_id: str, verb: str, data: object) -> bytes:

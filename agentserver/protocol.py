@@ -69,7 +69,7 @@ __all__ = [
     "PROTOCOL_VERSIONS", "PRE_AUTH_MAX_FRAME", "CLIENT_MAX_FRAME", "NEED_DATA", "NeedData", "State", "ClientState", "TRANSITIONS",
     "NOT_TAKEN", "ServerSettings", "ServerConnection", "ClientConnection", "LocalProtocolError",
     "Event", "Hello", "Named", "Envelope", "ControlRequest", "StatusRequest", "DeadLettersRequest", "CancelRequest",
-    "Refusal", "Closed", "Welcome", "Answer", "ProtocolError", "Ack", "ACKS_SINCE",
+    "Refusal", "Closed", "Welcome", "Answer", "ProtocolError", "Ack", "ACKS_SINCE", "WatchRequest", "Hop",
 ]
 
 PROTOCOL_VERSIONS: tuple[int, ...] = (1, 2)  # what this side speaks; the hello picks the highest in common
@@ -160,6 +160,21 @@ class DeadLettersRequest(ControlRequest):
 class CancelRequest(ControlRequest):
     verb: ClassVar[str] = "cancel"
     thread: str  # the thread id the client used for the conversation
+
+
+@dataclass(frozen=True, slots=True)
+class WatchRequest(ControlRequest):
+    """Send every hop event from now on (`ServerConnection.hop`), after the answer."""
+
+    verb: ClassVar[str] = "watch"
+
+
+@dataclass(frozen=True, slots=True)
+class Hop(Event):
+    """Client side: one hop event for the answered `watch` request `request_id`."""
+
+    request_id: str
+    data: object
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +471,11 @@ class ServerConnection:
         self._sent = True
         return encode_frame(control.result(request.request_id, request.verb, data))
 
+    def hop(self, request: WatchRequest, data: object) -> bytes:
+        """The bytes of one hop event for an answered `watch` request."""
+        self._sent = True
+        return encode_frame(control.hop(request.request_id, data))
+
     def send_envelope(self, data: bytes) -> bytes:
         """The bytes carrying one envelope (a reply or a `<huh>` from the pump) to the client."""
         self._sent = True
@@ -641,6 +661,7 @@ _REQUESTS: dict[str, Callable[[str, dict[str, str]], ControlRequest]] = {
     "status": _status,
     "deadletters": _deadletters,
     "cancel": _cancel,
+    "watch": lambda request_id, attrs: WatchRequest(request_id),
 }
 
 
@@ -704,6 +725,7 @@ class ClientConnection:
         self._decoder = FrameDecoder(max_frame)
         self._ids = itertools.count(1)
         self._pending: dict[str, str] = {}  # request id -> verb, until answered
+        self._watches: set[str] = set()  # answered watch requests: their hops are taken
         self._seq = 0  # envelopes sent
         self._eof = False
 
@@ -780,6 +802,11 @@ class ClientConnection:
             return self._envelope(data)
         if frame.kind == "ack" and self.acks:
             return self._ack(frame)
+        if frame.kind == "hop" and frame.attrs.get("watch") in self._watches:
+            try:
+                return Hop(frame.attrs["watch"], json.loads(frame.text))
+            except ValueError as exc:
+                return self._violation(f"a hop that is not JSON: {exc}")
         if frame.kind not in ("welcome", "result", "error"):
             self.ignored += 1  # a kind this side does not speak (a later version's): never an answer
             return None
@@ -801,6 +828,8 @@ class ClientConnection:
             data_ = json.loads(frame.text)
         except ValueError as exc:
             return self._violation(f"a result that is not JSON: {exc}")
+        if verb == "watch":
+            self._watches.add(request_id)  # its hops may follow now
         return Answer(request_id, verb, data_)
 
     def _ack(self, frame: control.ControlFrame) -> Event:

@@ -37,6 +37,7 @@ and detaches it when it ends, so what was meant for it becomes a dead letter
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -46,17 +47,18 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from agentserver.codes import ErrorCode
 from agentserver.limits import is_reserved
+from agentserver.message_bus.events import HopEvent
 from agentserver.message_bus.mailboxes import Session
 from agentserver.message_bus.stream_pump import PumpClosed, ShutdownReport, StreamPump
 from agentserver.framing import encode_frame
 from agentserver.outbound import Outbound, OutboundKind
 from agentserver.protocol import (
     NEED_DATA, CancelRequest, Closed, ControlRequest, DeadLettersRequest, Envelope, Event, Hello, Named, Refusal,
-    ServerConnection, ServerSettings, State, StatusRequest,
+    ServerConnection, ServerSettings, State, StatusRequest, WatchRequest,
 )
 
 __all__ = ["Server", "ServerError", "Connection", "prepare_socket_path", "bind_private_unix_socket"]
@@ -144,6 +146,8 @@ class Connection(asyncio.BufferedProtocol):
         self._held: deque[bytes] = deque()  # frames for the client while its socket takes no more
         self._held_bytes = 0
         self._counted = 0  # this connection's bytes in the server's total
+        self._unwatch: list[Callable[[], None]] = []  # its `watch` subscriptions to the pump's hop events
+        self.hops_dropped = 0  # hop events a watching client did not read in time
 
     # ------------------------------------------------------------------ asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -262,7 +266,21 @@ class Connection(asyncio.BufferedProtocol):
             # a connection of its own; a TCP connection only those it started
             return {"cancelled": self.session is not None and self.pump.guard.cancel(
                 self.session, request.thread, owner=self.machine.trusted)}
+        if isinstance(request, WatchRequest):
+            self._unwatch.append(self.pump.events.subscribe(functools.partial(self._hop, request)))
+            return {"watching": True, "own_conversations_only": not self.machine.trusted}
         raise TypeError(f"no answer for {request!r}")
+
+    def _hop(self, request: WatchRequest, hop: HopEvent) -> None:
+        """A hop event for a watching client (a TCP one: only of conversations it started);
+        dropped and counted, never queued without bound, when the client does not read."""
+        if not self.machine.trusted and (self.session is None or self.pump.stores.threads.find(
+                self.session, self.session.name, hop.conversation) is None):
+            return
+        if self._lost.is_set() or self.transport is None or self.transport.is_closing():
+            return
+        if not self._offer(self.machine.hop(request, hop.as_dict())):
+            self.hops_dropped += 1
 
     def _dead_letters(self, limit: int | None) -> list[dict[str, Any]]:
         """The owner (a Unix connection) sees every dead letter; a TCP connection its own."""
@@ -353,13 +371,20 @@ class Connection(asyncio.BufferedProtocol):
             data = machine.settle(outbound.seq, frame)
             if not data:
                 return True
+        if self._offer(data):
+            return True
+        self._drop()
+        return False
+
+    def _offer(self, data: bytes) -> bool:
+        """Send now, or hold while the socket takes no more; False (not sent) once the
+        client's outbox is full."""
         if self._writable and not self._held:
             self._write_now(data)
             return True
         limits = self.pump.config.limits
         if self._held and (len(self._held) >= limits.client_outbox
                            or self._held_bytes + len(data) > limits.max_connection_buffer_bytes):
-            self._drop()
             return False
         self._held.append(data)
         self._held_bytes += len(data)
@@ -397,6 +422,9 @@ class Connection(asyncio.BufferedProtocol):
         with input unread would make the kernel reset the connection, and the peer could lose
         the last frames, a refusal saying why). A peer that neither reads nor closes is cut
         after CLOSE_GRACE_S."""
+        for unwatch in self._unwatch:
+            unwatch()
+        self._unwatch.clear()
         if self.session is not None:
             self.pump.mailboxes.detach(self.session)
             self.session = None

@@ -146,3 +146,23 @@ def test_malformed_xml_through_the_real_entry_point_is_one_line(server):
     done = cli("ask", "--socket", str(server.socket_path), "--to", "echo", "<Echo><Text>x</Echo>", cwd=server.workdir)
     assert done.returncode == EXIT_FAILED and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("not a payload: ")
+
+
+def test_watch_prints_the_hops_of_a_conversation(capsys, server):
+    import asyncio
+
+    from agentserver.client import connect
+
+    async def scenario() -> tuple[int, str, str]:
+        watching = asyncio.ensure_future(asyncio.to_thread(run, capsys, server, "watch", "--json", "--count", "2"))
+        async with connect(server.socket_path, name="watched") as client:
+            while not watching.done():  # until the watch has started and seen both hops
+                await client.ask("<Greeting><Name>Ada</Name></Greeting>", to="greeter", timeout=10)
+                await asyncio.sleep(0.1)
+        return await asyncio.wait_for(watching, 10)
+
+    code, out, err = asyncio.run(scenario())
+    assert code == EXIT_OK, err
+    hops = [json.loads(line) for line in out.splitlines()]
+    assert len(hops) == 2 and all(hop["outcome"] == "handled" for hop in hops)
+    assert {hop["root_tag"] for hop in hops} <= {"Greeting", "Shout", "Shouted", "GreetingReply"}

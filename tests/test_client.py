@@ -157,3 +157,24 @@ async def test_the_owner_cancels_any_conversation_a_tcp_client_only_its_own(serv
         with pytest.raises(RemoteError) as ended:
             outbound_result(frame)
         assert ended.value.code == "cancelled"
+
+
+async def test_watch_sees_every_hop_and_a_tcp_client_only_its_own(serve):
+    server = await serve(tcp=True)
+    async with connect(server.socket_path, name="owner") as owner, \
+            connect(tcp=server.tcp, token=TOKEN, name="remote") as remote, \
+            connect(server.socket_path, name="other") as other:
+        owner_hops, remote_hops = owner.watch(), remote.watch()
+        first_owner = asyncio.ensure_future(owner_hops.__anext__())
+        first_remote = asyncio.ensure_future(remote_hops.__anext__())
+        while not (owner._watches and remote._watches and owner._machine._watches and remote._machine._watches):
+            await asyncio.sleep(0.01)  # both watches answered
+        reply = await other.ask("<Echo><Text>someone else's</Text></Echo>", to="echo", timeout=HANG_GUARD)
+        mine = await remote.ask("<Echo><Text>mine</Text></Echo>", to="echo", timeout=HANG_GUARD)
+        hop = await asyncio.wait_for(first_owner, HANG_GUARD)
+        assert hop["conversation"] == reply.thread_id and hop["sender"] == "other" and hop["to"] == "echo"
+        assert hop["root_tag"] == "Echo" and hop["outcome"] == "handled" and hop["bytes"] > 0
+        remote_hop = await asyncio.wait_for(first_remote, HANG_GUARD)
+        assert remote_hop["conversation"] == mine.thread_id  # not the other client's conversation
+        await owner_hops.aclose()
+        await remote_hops.aclose()

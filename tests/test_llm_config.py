@@ -199,7 +199,8 @@ def test_backend_values_are_checked(line, expected):
         f"test.yaml:5: {expected}"
 
 
-def test_llama_cpp_needs_a_model_file(tmp_path):
+def test_llama_cpp_needs_a_model_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(llm_config, "llama_cpp_missing", lambda: False)  # the extra installed or not: this is about the file
     assert problem("""\
         backends:
           - {name: local, provider: llama-cpp}

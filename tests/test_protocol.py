@@ -16,7 +16,7 @@ from agentserver.envelope import ENVELOPE_NS, build_huh
 from agentserver.framing import encode_frame
 from agentserver.protocol import (
     NEED_DATA, NOT_TAKEN, TRANSITIONS, Answer, CancelRequest, ClientConnection, ClientState, Closed,
-    ACKS_SINCE, Ack, DeadLettersRequest, Envelope, Hello, LocalProtocolError, Named, ProtocolError, Refusal, ServerConnection,
+    ACKS_SINCE, Ack, DeadLettersRequest, Envelope, Hello, Hop, LocalProtocolError, Named, ProtocolError, Refusal, ServerConnection,
     ServerSettings, State, StatusRequest, Welcome,
 )
 from agentserver.xmlsafe import SafeXml
@@ -607,3 +607,18 @@ def test_the_client_takes_acks_only_for_envelopes_it_sent():
     assert event == Ack(seq, THREAD, "m")
     (violation, *_) = pair.to_client(encode_frame(ctl(f'ack seq="{seq + 5}" thread="{THREAD}" message="m"')))
     assert isinstance(violation, ProtocolError)
+
+
+def test_hops_are_taken_only_for_an_answered_watch():
+    pair = Pair("unix")
+    _, hello = pair.client.hello()
+    pair.to_server(hello)
+    pair.client_events()
+    early = encode_frame(ctl('hop watch="2"')[:-2] + b'>{"n": 1}</ctl:hop>')
+    assert pair.to_client(early) == [] and pair.client.ignored == 1  # no watch asked yet: a later version's frame
+    watch_id, watch = pair.client.request("watch")
+    (request,) = pair.to_server(watch)
+    assert request.verb == "watch" and request.request_id == watch_id
+    assert pair.to_client(pair.server.answer(request, {"watching": True})) == [Answer(watch_id, "watch", {"watching": True})]
+    (hop,) = pair.to_client(pair.server.hop(request, {"n": 2}))
+    assert hop == Hop(watch_id, {"n": 2})
