@@ -132,11 +132,15 @@ async def test_work_cut_off_by_shutdown_is_deferred_and_replayed_redelivered(tmp
     assert len(first_seen) == 2 and not any(first_seen.values())  # two ran (and were cut off), three waited
 
     PROBE.reset()
+    PROBE.notes["ledger_hold"] = True
     second = pump_of(text)
     async with second:
+        await asyncio.wait_for(PROBE.event("ledger-started").wait(), HANG_GUARD)
+        assert second.status()["journal"]["replaying"] == 5  # catching up: /healthz says not ready
         PROBE.event("ledger-open").set()
         await settle(second)
         assert second.status()["journal"]["replayed_at_start"] == 5
+        assert second.status()["journal"]["replaying"] == 0
         assert_counters(second)
     replayed = PROBE.of("ledger")
     assert sorted(entry.payload.text for entry in replayed) == ["0", "1", "2", "3", "4"]

@@ -261,3 +261,30 @@ def test_run_with_its_http_port_taken_says_so_and_exits_1():
         server.stop()
     assert "cannot start" in server.log and str(port) in server.log, server.log
     server.cleanup()
+
+
+async def test_healthz_is_503_while_the_journal_replays(tmp_path):
+    from agentserver import StreamPump
+    from tests.organisms import PROBE
+
+    document = yaml.safe_load(organism(listener("ledger", "Echo", "ledger")))
+    document["organism"]["journal"] = str(tmp_path / "journal.db")
+    text = yaml.safe_dump(document)
+    PROBE.notes["ledger_hold"] = True
+    first = StreamPump(load_config("test-organism.yaml", text=text))
+    async with first:
+        async with first.client("tester") as client:
+            await client.send(Echo(text="x"), to="ledger")
+            await asyncio.wait_for(PROBE.event("ledger-started").wait(), HANG_GUARD)
+            await first.shutdown(0.2)  # cut off: deferred to the next start
+    PROBE.reset()
+    PROBE.notes["ledger_hold"] = True
+    second = StreamPump(load_config("test-organism.yaml", text=text))
+    async with second, HttpServer(second, "127.0.0.1:0") as http, httpx.AsyncClient(base_url=http.url) as web:
+        await asyncio.wait_for(PROBE.event("ledger-started").wait(), HANG_GUARD)
+        response = await web.get("/healthz")
+        assert response.status_code == 503 and "replaying" in response.json()["problems"][0]
+        PROBE.event("ledger-open").set()
+        await settle(second)
+        response = await web.get("/healthz")
+        assert response.status_code == 200, response.json()

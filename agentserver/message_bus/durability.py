@@ -105,6 +105,7 @@ class Journaled:
         self.stores = stores
         self.calls = calls
         self.replayed = 0
+        self._replaying: set[int] = set()  # replayed units not ended yet: until then the organism catches up (/healthz)
         self._snapshot: Snapshot | None = journal.load()  # read before anything is written
         calls.on_open = self._awaited
         ctx.dedupe.on_remember = journal.seen  # accepted message ids of clients' own survive a restart
@@ -149,6 +150,8 @@ class Journaled:
         if entry is None:
             return
         entry.parts -= 1
+        if entry.parts <= 0:
+            self._replaying.discard(entry.seq)
         if entry.parts > 0 or entry.finished:
             return
         if state.error is not None and state.error.code is ErrorCode.SHUTDOWN:
@@ -210,6 +213,7 @@ class Journaled:
             self.ctx.dedupe.remember(sender, message_id, when)
         units = [self._unit(record, conversations, now) for record in snapshot.units]
         self.replayed = len(units)
+        self._replaying = {record.seq for record in snapshot.units}
         if units:
             log.info("journal %s: %d units not done last time come back (redelivered), on %d open conversations",
                      self.journal.path, len(units), len(conversations))
@@ -267,7 +271,7 @@ class Journaled:
         await self.journal.close()
 
     def status(self) -> dict[str, Any]:
-        return {**self.journal.status(), "replayed_at_start": self.replayed}
+        return {**self.journal.status(), "replayed_at_start": self.replayed, "replaying": len(self._replaying)}
 
 
 def _envelope(state: MessageState) -> bytes:

@@ -115,7 +115,12 @@ class HttpServer:
             problems.append("the pump is not running")
         elif self.pump.closed:
             problems.append("the pump is shutting down")
-        body = {"ok": not problems, "problems": problems, "journal": self.pump.durability.status()}
+        journal = self.pump.durability.status()
+        if journal is not None and journal.get("replaying"):
+            problems.append(f"replaying the journal: {journal['replaying']} units not done last time still to go")
+        if journal is not None and journal.get("failed"):
+            problems.append(f"the journal stopped writing: {journal['failed']}")
+        body = {"ok": not problems, "problems": problems, "journal": journal}
         return web.Response(text=json.dumps(body, default=str), content_type="application/json",
                             status=503 if problems else 200)
 
