@@ -4,7 +4,7 @@
 
     async with connect("run/agentserver.sock", name="me") as client:   # or: async with await connect(...)
         reply = await client.ask("<Greeting><Name>Ada</Name></Greeting>", to="greeter")
-        print(reply.xml.decode())
+        print(reply.xml)
         thread_id = await client.send("<Greeting><Name>Bob</Name></Greeting>", to="greeter")
         await client.cancel(thread_id)      # ends that conversation; its caller hears SystemError `cancelled`
         async for frame in client:          # replies no ask was waiting for
@@ -29,7 +29,7 @@ import contextlib
 import logging
 import os
 import uuid
-from typing import Any, AsyncIterator, Generator
+from typing import Any, AsyncIterator, Generator, Iterable
 
 from lxml import etree
 
@@ -67,6 +67,8 @@ def connect(
     token: str | None = None,
     timeout: float = 10.0,
     max_frame: int = CLIENT_MAX_FRAME,
+    payloads: Iterable[type] = (),
+    config: str | os.PathLike[str] | None = None,
 ) -> "Connecting":
     """Connect over the Unix socket (default $AGENTSERVER_SOCKET or run/agentserver.sock) or
     `tcp="HOST:PORT"`, and say hello within `timeout` seconds.
@@ -74,17 +76,45 @@ def connect(
     The name defaults to a random `client-xxxxxxxx`; over TCP the token defaults to
     $AGENTSERVER_TOKEN. Use `async with connect(...) as client`, or `client = await
     connect(...)` and close it yourself (`async with await connect(...)` works too).
+
+    Replies come back as objects, as in-process, for the @xmlify classes in `payloads`
+    and, with `config` (an organism.yaml), its listeners' payload classes and its agents'
+    reply classes; a reply of another class comes back as its lxml element.
     """
-    return Connecting(socket_path, name=name, tcp=tcp, token=token, timeout=timeout, max_frame=max_frame)
+    return Connecting(socket_path, name=name, tcp=tcp, token=token, timeout=timeout, max_frame=max_frame,
+                      payload_types=payload_types(payloads, config))
+
+
+def payload_types(payloads: Iterable[type] = (), config: str | os.PathLike[str] | None = None) -> Any:
+    """What reads replies as objects: the given classes, and those of an organism's config."""
+    classes = list(payloads)
+    if config is not None:
+        from agentserver.config import load_config
+
+        organism = load_config(config)
+        for listener in organism.listeners:
+            classes.append(listener.payload_class)
+            reply_class = getattr(getattr(listener, "llm", None), "reply_class", None)
+            if isinstance(reply_class, type):
+                classes.append(reply_class)
+    if not classes:
+        return None
+    from agentserver.message_bus.listeners import PayloadTypes
+
+    types = PayloadTypes()
+    for payload_class in classes:
+        if types.for_class(payload_class) is None:
+            raise TypeError(f"{payload_class!r} is not an @xmlify payload class")
+    return types
 
 
 class Connecting:
     """What `connect()` returns: await it for a started `Client`, or enter it with `async with`."""
 
     def __init__(self, socket_path: str | os.PathLike[str] | None, *, name: str | None, tcp: str | None,
-                 token: str | None, timeout: float, max_frame: int) -> None:
+                 token: str | None, timeout: float, max_frame: int, payload_types: Any = None) -> None:
         self._socket_path, self._name, self._tcp, self._token = socket_path, name, tcp, token
-        self._timeout, self._max_frame = timeout, max_frame
+        self._timeout, self._max_frame, self._payload_types = timeout, max_frame, payload_types
         self._client: Client | None = None
 
     def __await__(self) -> Generator[Any, None, "Client"]:
@@ -109,7 +139,7 @@ class Connecting:
             opening = asyncio.open_unix_connection(path)
         reader, writer = await asyncio.wait_for(opening, self._timeout)
         client = Client(reader, writer, self._name or f"client-{uuid.uuid4().hex[:8]}", token=token,
-                        max_frame=self._max_frame)
+                        max_frame=self._max_frame, payload_types=self._payload_types)
         try:
             await client.start(self._timeout)
         except BaseException:  # not only errors: a cancelled connect must not leak the socket and task
@@ -123,8 +153,9 @@ class Client(ExternalSender):
     `connect` does) before use; close it when done."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, name: str, *,
-                 token: str | None = None, max_frame: int = CLIENT_MAX_FRAME, inbox_size: int = 10_000) -> None:
-        super().__init__(name, SafeXml(max_frame), inbox_size=inbox_size)
+                 token: str | None = None, max_frame: int = CLIENT_MAX_FRAME, inbox_size: int = 10_000,
+                 payload_types: Any = None) -> None:
+        super().__init__(name, SafeXml(max_frame), inbox_size=inbox_size, payload_types=payload_types)
         self._reader = reader
         self._writer = writer
         self._machine = ClientConnection(name, xml=self._xml, token=token, max_frame=max_frame)
@@ -324,7 +355,7 @@ class Client(ExternalSender):
             self.unreadable += 1
             return
         if root.tag == MESSAGE:
-            self._deliver(_outbound(root, data))
+            self._deliver(_outbound(root, data, self._payload_types))
         else:
             self.unreadable += 1
 
@@ -344,7 +375,9 @@ class Client(ExternalSender):
                 raise failure
 
 
-def _outbound(root: etree._Element, data: bytes) -> Outbound:
+def _outbound(root: etree._Element, data: bytes, payload_types: Any = None) -> Outbound:
+    """A frame from the server as the sender hands it out: a reply's payload as its object
+    when `payload_types` knows the class, else as the element."""
     meta = read_meta(root)
     payloads = payload_elements(root)
     payload = payloads[0] if payloads else None
@@ -354,4 +387,11 @@ def _outbound(root: etree._Element, data: bytes) -> Outbound:
             return Outbound(OutboundKind.HUH, meta.thread, meta.sender, data, code=huh[0], message=huh[1],
                             seq=huh_seq(payload))
     xml = etree.tostring(payload, method="c14n", exclusive=True) if payload is not None else b""
-    return Outbound(OutboundKind.REPLY, meta.thread, meta.sender, data, payload, xml)
+    value: Any = payload
+    payload_type = payload_types.get(payload.tag) if payload_types is not None and payload is not None else None
+    if payload_type is not None and payload is not None:
+        try:
+            value = payload_type.from_element(payload)
+        except Exception as exc:  # a class that does not fit what came: the element, and say why
+            log.warning("a <%s> reply does not read as %s: %s", payload.tag, payload_type.cls.__name__, exc)
+    return Outbound(OutboundKind.REPLY, meta.thread, meta.sender, data, value, xml)

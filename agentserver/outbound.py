@@ -93,8 +93,10 @@ class Outbound:
 
 
 class Reply:
-    """The answer to an `ask`: the payload (an object in-process, an element over a
-    socket), who sent it, the thread id, and `xml`, the payload's canonical bytes."""
+    """The answer to an `ask`, the same in-process and over a socket: `payload` is the
+    payload object (over a socket: when the client knows its class, given to `connect`
+    or learned from the organism's config; else the lxml element), `xml` the payload's
+    canonical XML as text, `element` the lxml element; and who sent it, on which thread."""
 
     __slots__ = ("payload", "sender", "thread_id", "_frame")
 
@@ -102,8 +104,17 @@ class Reply:
         self.payload, self.sender, self.thread_id, self._frame = payload, sender, thread_id, frame
 
     @property
-    def xml(self) -> bytes:
-        return self._frame.payload_xml if self._frame is not None else b""
+    def xml(self) -> str:
+        return self._frame.payload_xml.decode("utf-8") if self._frame is not None else ""
+
+    @property
+    def element(self) -> "etree._Element | None":
+        frame = self._frame
+        if frame is None:
+            return None
+        if isinstance(frame.payload, etree._Element):
+            return frame.payload
+        return etree.fromstring(frame.payload_xml) if frame.payload_xml else None
 
     def __repr__(self) -> str:
         return f"Reply(payload={self.payload!r}, sender={self.sender!r}, thread_id={self.thread_id!r})"

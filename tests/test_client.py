@@ -178,3 +178,33 @@ async def test_watch_sees_every_hop_and_a_tcp_client_only_its_own(serve):
         assert remote_hop["conversation"] == mine.thread_id  # not the other client's conversation
         await owner_hops.aclose()
         await remote_hops.aclose()
+
+
+async def test_a_reply_means_the_same_over_the_socket_as_in_process(serve):
+    """reply.payload is the object when the client knows the class (given, or from the
+    organism's config), else the element; reply.xml is text and reply.element the element."""
+    from tests.server_organisms import Echo
+
+    server = await serve()
+    async with connect(server.socket_path, name="typed", payloads=[Echo]) as typed, \
+            connect(server.socket_path, name="plain") as plain:
+        reply = await typed.ask(Echo(text="hi"), to="echo", timeout=HANG_GUARD)
+        bare = await plain.ask("<Echo><Text>hi</Text></Echo>", to="echo", timeout=HANG_GUARD)
+    async with server.pump.client("local") as local:
+        inproc = await local.ask(Echo(text="hi"), to="echo", timeout=HANG_GUARD)
+    assert reply.payload == inproc.payload == Echo(text="hi")
+    assert reply.xml == bare.xml == inproc.xml == "<Echo><Text>hi</Text></Echo>"
+    assert reply.element.tag == bare.element.tag == inproc.element.tag == "Echo"
+    assert bare.payload.tag == "Echo"  # no class given: the element
+
+
+async def test_the_client_learns_payload_classes_from_the_config(tmp_path):
+    from agentserver.client import payload_types
+
+    config = tmp_path / "organism.yaml"
+    config.write_text("organism:\n  name: x\nlisteners:\n  - name: echo\n    payload_class: tests.server_organisms.Echo\n"
+                      "    handler: tests.server_organisms.handle_echo\n")
+    types = payload_types(config=config)
+    assert types.get("Echo") is not None and types.get("Echo").cls.__name__ == "Echo"
+    with pytest.raises(TypeError):
+        payload_types([int])

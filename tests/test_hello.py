@@ -18,7 +18,7 @@ async def test_the_hello_organism_answers_an_in_process_ask():
             as_text = await client.ask("<Greeting><Name>Bob</Name></Greeting>", to="greeter", timeout=HANG_GUARD)
         report = await pump.shutdown(HANG_GUARD)
     assert reply.payload == GreetingReply(text="HELLO, ADA!")
-    assert reply.sender == "greeter" and reply.xml == b"<GreetingReply><Text>HELLO, ADA!</Text></GreetingReply>"
+    assert reply.sender == "greeter" and reply.xml == "<GreetingReply><Text>HELLO, ADA!</Text></GreetingReply>"
     assert as_text.payload.text == "HELLO, BOB!"
     assert (report.clean, report.dropped, report.errored) == (True, 0, 0)
     # the greeter awaits the shouter: one handler call per greeting (the answer resumes it)

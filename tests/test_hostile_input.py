@@ -76,7 +76,7 @@ def target(name: str, secret, canary) -> Target:
 
 async def expect_echo(client, text: str = "still serving") -> None:
     reply = await client.ask(f"<Echo><Text>{text}</Text></Echo>", to="echo", timeout=GUARD)
-    assert reply.xml == f"<Echo><Text>{text}</Text></Echo>".encode()
+    assert reply.xml == f"<Echo><Text>{text}</Text></Echo>"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])

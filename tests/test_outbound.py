@@ -24,8 +24,9 @@ def test_payload_xml_is_the_exclusive_canonical_bytes_of_the_element():
     element = etree.fromstring('<Echo b="2"  a="1"><Text>hi</Text></Echo>')
     outbound = Outbound(OutboundKind.REPLY, "t", "echo", b"", payload_xml=element)
     assert outbound.payload_xml == b'<Echo a="1" b="2"><Text>hi</Text></Echo>'
-    assert Reply("obj", "echo", "t", outbound).xml == outbound.payload_xml
-    assert Reply("obj", "echo", "t").xml == b""
+    assert Reply("obj", "echo", "t", outbound).xml == outbound.payload_xml.decode()  # text, as in DESIGN §13
+    assert Reply("obj", "echo", "t", outbound).element.tag == "Echo"
+    assert Reply("obj", "echo", "t").xml == "" and Reply("obj", "echo", "t").element is None
 
 
 def test_a_stream_piece_is_a_control_tokens_frame():

@@ -31,7 +31,7 @@ async def test_ask_round_trip_through_two_hops(server):
     async with await connect(server.socket_path, name="alice") as client:
         reply = await client.ask("<Greeting><Name>Ada</Name></Greeting>", to="greeter", timeout=10)
     assert reply.sender == "greeter"
-    assert reply.xml == b"<GreetingReply><Text>HELLO, ADA!</Text></GreetingReply>"
+    assert reply.xml == "<GreetingReply><Text>HELLO, ADA!</Text></GreetingReply>"
     assert reply.payload.findtext("Text") == "HELLO, ADA!"
 
 
@@ -100,7 +100,7 @@ async def test_forged_from_naming_a_listener_gets_a_huh(server):
         assert frame.kind == "huh" and frame.code == "forbidden-sender"
         # and the connection still works
         reply = await client.ask("<Echo><Text>still here</Text></Echo>", to="echo", timeout=10)
-        assert reply.xml == b"<Echo><Text>still here</Text></Echo>"
+        assert reply.xml == "<Echo><Text>still here</Text></Echo>"
     # a client may not take a listener's name at hello either
     with pytest.raises(ControlError):
         await connect(server.socket_path, name="greeter")
@@ -136,7 +136,7 @@ async def test_tcp_refuses_a_wrong_token_and_serves_the_right_one():
         writer.close()
         async with await connect(tcp=f"127.0.0.1:{port}", token="s3cret", name="frank") as client:
             reply = await client.ask("<Echo><Text>tcp</Text></Echo>", to="echo", timeout=10)
-        assert reply.xml == b"<Echo><Text>tcp</Text></Echo>"
+        assert reply.xml == "<Echo><Text>tcp</Text></Echo>"
     finally:
         running.stop()
         running.cleanup()
@@ -244,7 +244,7 @@ async def test_a_client_that_does_not_read_does_not_slow_others():
         async with await connect(running.socket_path, name="busy") as client:
             for i in range(20):
                 reply = await client.ask(f"<Echo><Text>{i}</Text></Echo>", to="echo", timeout=20)
-                assert reply.xml == f"<Echo><Text>{i}</Text></Echo>".encode()
+                assert reply.xml == f"<Echo><Text>{i}</Text></Echo>"
             for _ in range(200):
                 status = await client.status()
                 if status["counters"]["in_flight"] == 0 and status["counters"]["accepted"] >= 3021:
@@ -267,7 +267,7 @@ async def test_a_client_that_disconnects_mid_frame_disturbs_nobody(server):
     writer.close()
     async with await connect(server.socket_path, name="after") as client:
         reply = await client.ask("<Echo><Text>fine</Text></Echo>", to="echo", timeout=10)
-    assert reply.xml == b"<Echo><Text>fine</Text></Echo>"
+    assert reply.xml == "<Echo><Text>fine</Text></Echo>"
 
 
 async def test_a_connection_name_must_be_a_valid_name(server):
@@ -329,7 +329,7 @@ async def test_an_oversize_ask_over_the_socket_raises_huh_like_in_process():
                 await client.ask(f"<Echo><Text>{'x' * 4000}</Text></Echo>", to="echo", timeout=10)
             assert refused.value.code == "too-large"
             reply = await client.ask("<Echo><Text>small</Text></Echo>", to="echo", timeout=10)
-            assert reply.xml == b"<Echo><Text>small</Text></Echo>"
+            assert reply.xml == "<Echo><Text>small</Text></Echo>"
     finally:
         assert running.stop() == 0
         running.cleanup()
