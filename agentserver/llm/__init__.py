@@ -27,6 +27,7 @@ from agentserver.llm.types import (
     Completion,
     LlmConfigError,
     LlmError,
+    LlmInvalid,
     LlmRequestError,
     LlmUnavailable,
     Message,
@@ -50,4 +51,5 @@ __all__ = [
     "LlmUnavailable",
     "LlmRequestError",
     "LlmConfigError",
+    "LlmInvalid",
 ]
