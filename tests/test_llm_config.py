@@ -331,3 +331,25 @@ def test_a_router_with_a_llama_backend_but_no_llama_cpp_names_the_extra(monkeypa
     with pytest.raises(LlmConfigError, match=r"needs llama-cpp-python: install the optional extra: pip install "
                                              r"'agentserver\[local\]'"):
         LlmRouter(config, env={})
+
+
+def test_the_server_url_may_come_from_the_environment():
+    text = """\
+        backends:
+          - name: server
+            provider: openai
+            base_url_env: LLM_BASE_URL
+        """
+    config, problems = section(text, {"LLM_BASE_URL": "http://127.0.0.1:9999/v1"})
+    assert problems == [] and config.backends[0].base_url == "http://127.0.0.1:9999/v1"
+    assert problem(text).startswith("test.yaml:4: backend 'server': the environment variable LLM_BASE_URL "
+                                    "(base_url_env) is not set")
+    assert "must start with http" in problem(text, {"LLM_BASE_URL": "ftp://x"})
+    both = problem("""\
+        backends:
+          - name: server
+            provider: openai
+            base_url: http://127.0.0.1:1/v1
+            base_url_env: LLM_BASE_URL
+        """, {"LLM_BASE_URL": "http://127.0.0.1:2/v1"})
+    assert "give base_url or base_url_env, not both" in both

@@ -43,8 +43,8 @@ __all__ = ["load_llm_section", "load_agent_llm", "check_models", "LlmConfig", "B
 _LLM_KEYS = {"strategy", "retries", "backends"}
 _COMMON_KEYS = {"name", "provider", "models", "max_concurrent", "rate_limit_tpm", "timeout_s"}
 _PROVIDER_KEYS = {
-    "openai": {"base_url", "api_key_env", "grammar"},
-    "anthropic": {"base_url", "api_key_env"},
+    "openai": {"base_url", "base_url_env", "api_key_env", "grammar"},
+    "anthropic": {"base_url", "base_url_env", "api_key_env"},
     "replay": {"answers"},
     "llama-cpp": {"model_path", "n_ctx", "n_threads"},
 }
@@ -145,28 +145,36 @@ def _backend(check: Checker, node: yaml.Node, env: Mapping[str, str]) -> Backend
                 if model is not None and model not in models:
                     models.append(model)
 
-    base_url = None
-    if "base_url" in fields and provider in ("openai", "anthropic"):
-        base_url = check.scalar(fields["base_url"][1], f"{label} base_url", str)
-        if base_url is not None and not base_url.startswith(("http://", "https://")):
-            check.problem(fields["base_url"][1], f"{label} base_url must start with http:// or https://, "
-                                                 f"not {base_url!r}")
-            base_url = None
-    if provider == "openai" and "base_url" not in fields:
-        check.problem(node, f"{label} (provider openai) needs base_url, for instance http://127.0.0.1:8080/v1 "
-                            "or https://api.openai.com/v1")
+    def env_name(key: str) -> str | None:
+        """The variable `key` names (api_key_env, base_url_env), if it is a name and set."""
+        if key not in fields or provider not in ("openai", "anthropic"):
+            return None
+        name = check.scalar(fields[key][1], f"{label} {key}", str)
+        if name is not None and not _ENV_NAME.match(name):
+            check.problem(fields[key][1], f"{label} {key} must be the name of an environment variable, not {name!r}")
+            return None
+        if name is not None and not env.get(name):
+            check.problem(fields[key][1], f"{label}: the environment variable {name} ({key}) is not set; put it "
+                                          "in .env in the working directory or export it")
+        return name
 
-    api_key_env = None
-    if "api_key_env" in fields and provider in ("openai", "anthropic"):
-        api_key_env = check.scalar(fields["api_key_env"][1], f"{label} api_key_env", str)
-        if api_key_env is not None and not _ENV_NAME.match(api_key_env):
-            check.problem(fields["api_key_env"][1], f"{label} api_key_env must be the name of an environment "
-                                                    f"variable, not {api_key_env!r}")
-            api_key_env = None
-        elif api_key_env is not None and not env.get(api_key_env):
-            check.problem(fields["api_key_env"][1], f"{label}: the environment variable {api_key_env} "
-                                                    "(api_key_env) is not set; put it in .env in the working "
-                                                    "directory or export it")
+    base_url = None
+    base_url_env = env_name("base_url_env")  # the server's URL from .env: one YAML for every deployment
+    if "base_url" in fields and "base_url_env" in fields:
+        check.problem(fields["base_url_env"][0], f"{label}: give base_url or base_url_env, not both")
+    elif "base_url" in fields and provider in ("openai", "anthropic"):
+        base_url = check.scalar(fields["base_url"][1], f"{label} base_url", str)
+    elif base_url_env is not None:
+        base_url = env.get(base_url_env) or None
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        where = fields["base_url"][1] if "base_url" in fields else fields["base_url_env"][1]
+        check.problem(where, f"{label} base_url must start with http:// or https://, not {base_url!r}")
+        base_url = None
+    if provider == "openai" and "base_url" not in fields and "base_url_env" not in fields:
+        check.problem(node, f"{label} (provider openai) needs base_url, for instance http://127.0.0.1:8080/v1 "
+                            "or https://api.openai.com/v1 (or base_url_env: a variable in .env that holds it)")
+
+    api_key_env = env_name("api_key_env")
     if provider == "anthropic" and "api_key_env" not in fields:
         check.problem(node, f"{label} (provider anthropic) needs api_key_env: the environment variable that holds "
                             "the API key, for instance ANTHROPIC_API_KEY")
