@@ -305,3 +305,25 @@ async def test_an_agent_without_peers_is_told_to_answer_only(start, openai_serve
     assert "<Add> is accepted by calculator, which you may not call" in reask
     assert reask.endswith("Write it again, as XML only: answer your caller with one <Summary> element.")
     assert pump.counters.listener("calculator").handled == 0
+
+
+async def test_the_example_file_works_against_a_server_named_in_dotenv(tmp_path, monkeypatch, openai_server):
+    """config/llm-organism.yaml with its commented OpenAI-compatible backend in place of
+    the replay one: the server's URL and key come from .env, not from the file."""
+    text = (ROOT / "config" / "llm-organism.yaml").read_text()
+    lines = ("- name: server", "provider: openai", "base_url_env: LLM_BASE_URL", "api_key_env: OPENAI_API_KEY",
+             "models: [gpt-4o-mini]")
+    for line in lines:  # the file's comment shows exactly this backend
+        assert f"#     {'  ' if not line.startswith('-') else ''}{line}" in text, line
+    backend = "".join(f"    {'  ' if not line.startswith('-') else ''}{line}\n" for line in lines)
+    replay = text[text.index("    - name: script"):text.index("listeners:")]
+    config = text.replace(replay, backend + "\n")
+    (tmp_path / "organism.yaml").write_text(config)
+    (tmp_path / ".env").write_text(f"LLM_BASE_URL={openai_server.base_url}\nOPENAI_API_KEY=k-from-dotenv\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LLM_BASE_URL", raising=False)
+    openai_server.add(Answer(ADD), Answer(SUMMARY))
+    async with bootstrap("organism.yaml") as pump:
+        reply = await ask_planner(pump)
+    assert reply.payload == Summary(text="2 + 3 = 5", total=5)
+    assert openai_server.seen[0].headers.get("authorization") == "Bearer k-from-dotenv"
