@@ -42,11 +42,17 @@ EXAMPLES = {
         Load .env, check the configuration, boot the organism and serve it on its socket
         until SIGINT or SIGTERM (then drain in-flight work and exit 0).
         Exit 4 when the configuration or the journal file cannot be used, 1 when the
-        server cannot start (socket in use, no token for --tcp) or the pump failed.
+        server cannot start (socket in use, no token for --tcp, NATS unreachable, a
+        member whose configuration differs from the organism's) or the pump failed.
+
+        With --transport (or organism.transport) the process is one member of an organism
+        on NATS JetStream: start several with the same CONFIG and URL, each on its own
+        --socket; they share the handler work, and a member that dies loses nothing acked.
 
         example:
           python -m agentserver run config/organism.yaml
-          python -m agentserver run config/organism.yaml --socket /tmp/hello.sock --log-level DEBUG""",
+          python -m agentserver run config/organism.yaml --socket /tmp/hello.sock --log-level DEBUG
+          python -m agentserver run config/organism.yaml --transport nats://127.0.0.1:4222 --socket run/a.sock""",
     "send": """\
         Send one payload and print its thread id once the server has accepted it (its ack;
         with a journal: once it is on disk). Replies are not awaited. A refusal prints
@@ -203,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", metavar="CONFIG", help="the organism's YAML, e.g. config/organism.yaml")
     run.add_argument("--socket", metavar="PATH", help="Unix socket path (default: organism.socket in CONFIG)")
     run.add_argument("--tcp", metavar="HOST:PORT", help="also listen on this loopback address (needs AGENTSERVER_TOKEN)")
+    run.add_argument("--transport", metavar="URL", help="run as a member of the organism on this NATS JetStream server "
+                     "(nats://HOST:PORT; default: organism.transport in CONFIG, else one process alone)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default INFO")
 
     send = verb("send", "send a payload, print its thread id")
@@ -292,7 +300,7 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     startup.prepare_process()
-    code = asyncio.run(startup.serve(args.config, socket_path=args.socket, tcp=args.tcp))
+    code = asyncio.run(startup.serve(args.config, socket_path=args.socket, tcp=args.tcp, transport=args.transport))
     # serve() says "configuration" with its own EXIT_CONFIG (2): here 2 means a timeout
     return EXIT_CONFIG if code == startup.EXIT_CONFIG else code
 

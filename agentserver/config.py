@@ -53,6 +53,7 @@ class OrganismConfig:
     socket: str = "run/agentserver.sock"
     tcp: str | None = None
     journal: str | None = None  # a SQLite file: what was accepted survives a crash (DESIGN.md §14)
+    transport: str | None = None  # nats://HOST:PORT: the organism runs on NATS JetStream, one member per process (§15)
     http: str | None = None  # HOST:PORT (loopback) of /metrics, /healthz, /status and the live page (DESIGN.md §13)
     thread_scheduling: str = "breadth-first"
     max_concurrent_pipelines: int = 50
@@ -68,7 +69,7 @@ class OrganismConfig:
 
 _TOP_KEYS = {"organism", "thread_scheduling", "max_concurrent_pipelines", "max_concurrent_handlers",
              "max_concurrent_per_agent", "max_concurrent_per_listener", "limits", "listeners", "llm"}
-_ORGANISM_KEYS = {"name", "socket", "tcp", "journal", "http"}
+_ORGANISM_KEYS = {"name", "socket", "tcp", "journal", "http", "transport"}
 _LISTENER_KEYS = {"name", "payload_class", "handler", "description", "agent", "peers", "concurrency", "llm"}
 
 
@@ -198,6 +199,12 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
                     config.tcp = tcp
         if "http" in organism:
             config.http = _loopback_http(check, organism["http"][1])
+        if "transport" in organism:
+            node = organism["transport"][1]
+            config.transport = check.scalar(node, "organism.transport", str) or None
+            problem = transport_problem(config.transport, config.journal)
+            if problem:
+                check.problem(node, problem)
 
     if "thread_scheduling" in top:
         node = top["thread_scheduling"][1]
@@ -237,6 +244,20 @@ def load_config(path: str | os.PathLike[str], *, text: str | None = None, env: M
     if check.problems:
         raise ConfigError(check.problems)
     return config
+
+
+def transport_problem(transport: str | None, journal: str | None) -> str:
+    """What is wrong with `organism.transport` (or `run --transport`), or ""."""
+    if transport is None:
+        return ""
+    scheme, _, rest = transport.partition("://")
+    host, _, port = rest.rpartition(":")
+    if scheme not in ("nats", "tls") or not host or not port.isdigit():
+        return f"organism.transport must be nats://HOST:PORT (a NATS server with JetStream), not {transport!r}"
+    if journal:
+        return ("organism.journal and organism.transport do not go together: on NATS, JetStream keeps what was "
+                "accepted (drop organism.journal)")
+    return ""
 
 
 def _loopback_http(check: Checker, node: yaml.Node) -> str | None:

@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING
 
 from dotenv import load_dotenv
 
-from agentserver.config import ConfigError
+from agentserver.config import ConfigError, OrganismConfig, load_config, transport_problem
 from agentserver.journal import JournalError
 from agentserver.limits import is_reserved
-from agentserver.message_bus.bootstrap import bootstrap
+from agentserver.message_bus.bootstrap import organism_environment
 from agentserver.message_bus.stream_pump import StreamPump
 from agentserver.server import Server, ServerError
 
 if TYPE_CHECKING:  # pragma: no cover
+    from agentserver.transport import Member
     from agentserver.web import HttpServer
 
 __all__ = ["prepare_process", "serve", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG"]
@@ -53,18 +54,45 @@ def prepare_process(cwd: str | os.PathLike[str] | None = None) -> None:
         sys.path.insert(0, str(directory))
 
 
-async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | None = None) -> int:
-    """Boot, listen, serve until SIGINT/SIGTERM, drain, exit. Returns the exit code."""
+async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | None = None,
+                transport: str | None = None) -> int:
+    """Boot, listen, serve until SIGINT/SIGTERM, drain, exit. Returns the exit code.
+
+    With a transport (`organism.transport` or `transport`), this process is a member of
+    an organism on NATS JetStream (DESIGN.md §15)."""
     try:
-        pump = bootstrap(config_path)
+        config = load_config(config_path, env=organism_environment())
+        if transport is not None:
+            problem = transport_problem(transport, config.journal)
+            if problem:
+                raise ConfigError([f"--transport: {problem}"])
+            config.transport = transport
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    if config.transport is None:
+        return await _serve(config, None, socket_path, tcp)
+    from agentserver.transport import Member, TransportError
+
+    try:
+        member = await Member.join(config, config.transport)
+    except TransportError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    async with member:
+        log.info("member %s of organism %s on %s", member.id, config.name, config.transport)
+        return await _serve(config, member, socket_path, tcp)
+
+
+async def _serve(config: OrganismConfig, member: "Member | None", socket_path: str | None, tcp: str | None) -> int:
+    try:
+        pump = StreamPump(config, transport=member)
     except JournalError as exc:  # damaged, another organism's, another schema version: never silently dropped
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    config = pump.config
+    if member is not None:
+        member.serve(pump)  # this member's share of the organism's work, from now on
     server = Server(pump, socket_path=socket_path or config.socket, tcp=tcp or config.tcp,
                     token=os.environ.get("AGENTSERVER_TOKEN"))
     loop = asyncio.get_running_loop()
@@ -84,6 +112,8 @@ async def serve(config_path: str, *, socket_path: str | None = None, tcp: str | 
             await _until(stop, pump)
             log.info("stopping: draining in-flight work (deadline %ss)", config.limits.shutdown_timeout_s)
             report = await server.stop()
+            if member is not None:  # its own conversations are done: the units it runs for others finish, or go back
+                await member.drain(config.limits.shutdown_timeout_s)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

@@ -78,3 +78,15 @@ async def start():
                 assert report.clean, f"still in flight at the end of the test: {pump.status()}"
                 assert report.dropped == 0, report
             assert_counters(pump)
+
+
+@pytest.fixture
+def nats_server():
+    """A fresh nats-server (JetStream, temporary store, free port), stopped afterwards."""
+    from tests.nats_harness import NatsServer, need_nats_server
+
+    server = NatsServer(need_nats_server()).start()
+    try:
+        yield server
+    finally:
+        server.cleanup()

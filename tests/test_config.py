@@ -45,7 +45,7 @@ def test_unknown_keys_are_reported_where_they_are():
           colour: blue
         """, head=HEAD.replace("  name: test\n", "  name: test\n  sockets: x\n"))
     assert found == [
-        f"{PATH}:3: unknown key 'sockets' in organism (known keys: http, journal, name, socket, tcp)",
+        f"{PATH}:3: unknown key 'sockets' in organism (known keys: http, journal, name, socket, tcp, transport)",
         f"{PATH}:8: unknown key 'colour' in a listener (known keys: agent, concurrency, description, handler, llm, name, payload_class, peers)",
     ]
 

@@ -71,6 +71,10 @@ class Volatile:
     deferring = False
     journal: Journal | None = None
 
+    @property
+    def durability(self) -> "Volatile":  # what a pump without a journal or transport uses: itself
+        return self
+
     def accept(self, state: MessageState) -> None:
         return None
 

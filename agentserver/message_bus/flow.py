@@ -23,6 +23,7 @@ caller starts the units it is handed.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections import deque
 from typing import TYPE_CHECKING, AsyncIterator, Hashable
 
@@ -177,10 +178,14 @@ Parked = MessageState | Resume
 
 
 class HandlerSlots:
-    def __init__(self, total: int, routes: "Routes", counters: "Counters", *, depth_first: bool = False) -> None:
-        self.total = total
+    def __init__(self, total: int, routes: "Routes", counters: "Counters", *, depth_first: bool = False,
+                 remote: bool = False) -> None:
+        # remote: handlers run on whichever member of the organism takes them (DESIGN.md §15); JetStream
+        # holds what waits and the members apply the caps, so here a unit waiting for a worker holds nothing
+        self.total = sys.maxsize if remote else total
         self.busy = 0  # handlers running, all listeners
-        self._cap = {name: listener.concurrency for name, listener in routes.by_name.items()}
+        self._cap = {name: sys.maxsize if remote and not listener.system else listener.concurrency
+                     for name, listener in routes.by_name.items()}
         self._stats: dict[str, ListenerCounters] = {name: counters.listener(name) for name in routes.by_name}
         self._parked: dict[str, FairScheduler[Parked]] = {name: FairScheduler(depth_first) for name in self._cap}
         self._ring: deque[str] = deque()  # listeners with parked units, each once, in turn order

@@ -47,7 +47,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from agentserver.message_bus.listeners import Routes
     from agentserver.message_bus.thread_registry import Conversation
 
-__all__ = ["call_handler", "metadata_for", "HandlerTasks"]
+__all__ = ["call_handler", "metadata_for", "HandlerTasks", "HandlerFailed", "llm_code"]
+
+
+class HandlerFailed(Exception):
+    """A handler that ran elsewhere (another member, DESIGN.md §15) ended in `code`."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
 
 
 def metadata_for(state: MessageState, route: Delivery, stores: Stores, desk: "CallDesk", llm: Any = None) -> HandlerMetadata:
@@ -115,7 +123,7 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
     deadlines = runtime.deadlines
     key = deadlines.watch(task)
     try:
-        result = await listener.handler(state.payload, metadata_for(state, route, stores, desk, runtime.llm))
+        result = await runtime.invoke(listener, state, metadata_for(state, route, stores, desk, runtime.llm))
         responses = build_responses(result, sender=listener.name, thread=route.thread, ctx=ctx)
     except asyncio.CancelledError:
         if not deadlines.claim(task):
@@ -124,8 +132,11 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
         return StepError(ErrorCode.TIMEOUT, f"{listener.name} ran over {deadlines.timeout}s", HANDLER_STEP)
     except WrongType as exc:
         return StepError(ErrorCode.WRONG_TYPE, f"{listener.name}: {exc}", HANDLER_STEP)
+    except HandlerFailed as exc:
+        known = exc.code in ErrorCode._value2member_map_
+        return StepError(ErrorCode(exc.code) if known else ErrorCode.HANDLER, exc.reason, HANDLER_STEP)
     except Exception as exc:
-        code = _llm_code(exc)
+        code = llm_code(exc)
         if code is not None:
             return StepError(code, f"{listener.name}: {type(exc).__name__}: {exc}", HANDLER_STEP)
         return StepError(ErrorCode.HANDLER, f"{listener.name} raised {type(exc).__name__}: {exc}", HANDLER_STEP, exc)
@@ -136,7 +147,7 @@ async def call_handler(state: MessageState, route: Delivery, stores: Stores, ctx
     return responses.states
 
 
-def _llm_code(exc: Exception) -> ErrorCode | None:
+def llm_code(exc: Exception) -> ErrorCode | None:
     """The code of an LLM error (agentserver.llm is imported only by organisms using it)."""
     types = sys.modules.get("agentserver.llm.types")
     if types is None or not isinstance(exc, types.LlmError):
@@ -151,8 +162,9 @@ class HandlerTasks:
     """The running handler tasks and their units, in a task group entered by `run()`;
     the model router handlers use (None: the organism has no `llm:`)."""
 
-    def __init__(self, limits: "Limits", routes: "Routes", llm: Any = None) -> None:
+    def __init__(self, limits: "Limits", routes: "Routes", llm: Any = None, transport: Any = None) -> None:
         self.llm = llm
+        self.transport = transport  # agentserver.transport.Member: handlers run on any member (DESIGN.md §15)
         self.deadlines = Deadlines(limits.handler_timeout_s)  # one timer for every running handler
         self.watchdog = LoopWatchdog(limits.loop_lag_warning_s, {
             listener.handler.__code__: name for name, listener in routes.by_name.items() if hasattr(listener.handler, "__code__")})
@@ -177,15 +189,22 @@ class HandlerTasks:
             if self.llm is not None:
                 await self.llm.aclose()
 
+    async def invoke(self, listener: "Listener", state: MessageState, meta: HandlerMetadata) -> Any:
+        """Call `listener`'s handler: here, or with a transport on whichever member takes
+        it (the pump's own listeners always run here)."""
+        if self.transport is not None and not listener.system:
+            return await self.transport.invoke(listener, state, meta)
+        return await listener.handler(state.payload, meta)
+
     @classmethod
-    def for_organism(cls, config: "OrganismConfig", routes: "Routes") -> "HandlerTasks":
+    def for_organism(cls, config: "OrganismConfig", routes: "Routes", transport: Any = None) -> "HandlerTasks":
         llm = None
         if config.llm is not None:
             from agentserver.llm.router import LlmRouter
 
             llm = LlmRouter(config.llm, env=config.env)
         routes.bind_llm(llm)  # LLM agents count their re-asks there
-        return cls(config.limits, routes, llm)
+        return cls(config.limits, routes, llm, transport)
 
     def forget(self, conversation: "Conversation") -> None:
         """The conversation is over: its token ledger goes."""

@@ -62,7 +62,7 @@ def pump_status(pump: "StreamPump") -> dict[str, Any]:
         "clients": list(pump.mailboxes),
         "llm": pump.handlers.llm.status() if pump.handlers.llm is not None else None,
         "journal": pump.durability.status(),
-        "members": None,
+        "members": pump.handlers.transport.status() if pump.handlers.transport is not None else None,
     }
 
 

@@ -60,7 +60,7 @@ GRACE_S = 2.0  # after the deadline: how long cancelled handlers and the pipelin
 
 class StreamPump:
     def __init__(self, config: OrganismConfig, *, stores: Stores | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, transport: Any = None) -> None:
         self.config = config
         limits = config.limits
         self.counters = Counters()
@@ -72,11 +72,11 @@ class StreamPump:
         self.pipeline = Pipeline(self.ctx, on_extra=self._accept)
         depth_first = config.thread_scheduling == "depth-first"
         self.admission = Admission(limits.intake_capacity, config.max_concurrent_pipelines, depth_first)
-        self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first=depth_first)
-        self.handlers = HandlerTasks.for_organism(config, self.routes)  # also owns the model router, if any
+        self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first=depth_first, remote=bool(transport))
+        self.handlers = HandlerTasks.for_organism(config, self.routes, transport)  # the model router too; handlers may run elsewhere
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
         self.calls = Calls()  # awaited calls (meta.ask)
-        self.durability = Journaled(journal, self.ctx, self.stores, self.calls) if journal else Volatile()
+        self.durability = Journaled(journal, self.ctx, self.stores, self.calls) if journal else (transport or Volatile()).durability
         self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self._push, start=self._start)
         self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self._push,
                                  defer_shutdown=self.durability.deferring)

@@ -120,7 +120,11 @@ class HttpServer:
             problems.append(f"replaying the journal: {journal['replaying']} units not done last time still to go")
         if journal is not None and journal.get("failed"):
             problems.append(f"the journal stopped writing: {journal['failed']}")
-        body = {"ok": not problems, "problems": problems, "journal": journal}
+        transport = self.pump.handlers.transport
+        members = transport.status() if transport is not None else None
+        if members is not None and not members["connected"]:
+            problems.append(f"NATS at {members['transport']} is away: units wait until it is back")
+        body = {"ok": not problems, "problems": problems, "journal": journal, "members": members}
         return web.Response(text=json.dumps(body, default=str), content_type="application/json",
                             status=503 if problems else 200)
 

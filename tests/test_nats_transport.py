@@ -1,0 +1,211 @@
+"""The organism on NATS JetStream (DESIGN.md §15): members share the work and survive kill -9.
+
+Each test starts its own nats-server (tests/nats_harness.py) and real `agentserver run
+--transport` processes, and talks to them over their sockets as clients do. The
+handlers (tests/cluster_organisms.py) record which process ran them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentserver.client import connect
+from tests.cluster_organisms import Answer, Capped, Done, Job, Question
+from tests.nats_harness import cluster_config, records
+from tests.server_harness import RunningServer, cli, env, free_port
+
+pytestmark = pytest.mark.subprocess
+
+PAYLOADS = [Job, Capped, Done, Question, Answer]
+
+
+def member(nats, tmp_path: Path, record: Path, config: str | None = None, **extra_env: str) -> RunningServer:
+    return RunningServer(config or cluster_config(), args=("--transport", nats.url), AS_RECORD=str(record), **extra_env)
+
+
+async def ask_all(server: RunningServer, payloads: list, to: str, timeout: float = 90) -> list:
+    async with connect(server.socket_path, payloads=PAYLOADS) as client:
+        try:
+            replies = await asyncio.gather(*(client.ask(payload, to=to, timeout=timeout) for payload in payloads))
+        except Exception as exc:
+            raise AssertionError(f"{exc!r}; the member's log:\n{server.log}") from exc
+    return [reply.payload for reply in replies]
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    return most
+
+
+def test_two_members_share_the_work(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a, member(nats_server, tmp_path, record) as b:
+        done = asyncio.run(ask_all(a, [Job(n=n, spin_ms=5) for n in range(200)], "jobs"))
+        assert sorted(reply.n for reply in done) == list(range(200))
+        ran = records(record)
+        assert {line["pid"] for line in ran} == {a.process.pid, b.process.pid}, "both members handle jobs"
+        status = asyncio.run(_status(b))
+        members = status["members"]
+        assert {entry["pid"] for entry in members["members"]} == {a.process.pid, b.process.pid}
+        assert members["connected"] is True and members["listeners"]["jobs"]["cap"] == 10
+    assert a.returncode == 0 and b.returncode == 0, a.log + b.log
+
+
+async def _status(server: RunningServer) -> dict:
+    async with connect(server.socket_path) as client:
+        return await client.status()
+
+
+def test_kill_9_of_a_member_loses_no_acked_message(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a:
+        b = member(nats_server, tmp_path, record).start()
+        try:
+            async def load() -> list:
+                async def killer() -> None:
+                    while not any(line["pid"] == b.process.pid for line in records(record)):
+                        await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.3)  # b is busy with its share
+                    b.process.kill()  # SIGKILL: no drain, no goodbye
+                kill = asyncio.create_task(killer())
+                done = await ask_all(a, [Job(n=n, spin_ms=2, sleep_ms=100) for n in range(300)], "jobs", timeout=120)
+                await kill
+                return done
+
+            done = asyncio.run(load())
+        finally:
+            b.stop()
+        assert b.returncode == -signal.SIGKILL
+        assert sorted(reply.n for reply in done) == list(range(300)), "every acked job answered"
+        ran = records(record)
+        assert {line["n"] for line in ran} == set(range(300))
+        redelivered = [line for line in ran if line["redelivered"]]
+        assert redelivered and all(line["pid"] == a.process.pid for line in redelivered), \
+            "b's units ran again on a, flagged meta.redelivered"
+        assert all(reply.pid == a.process.pid for reply in done if reply.n in {line["n"] for line in redelivered})
+
+
+def test_a_listener_cap_holds_across_members(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a, member(nats_server, tmp_path, record) as b:
+        async def together() -> list:
+            first, second = await asyncio.gather(ask_all(a, [Capped(n=n, sleep_ms=200) for n in range(8)], "capped"),
+                                                 ask_all(b, [Capped(n=n, sleep_ms=200) for n in range(8, 16)], "capped"))
+            return first + second
+
+        done = asyncio.run(together())
+        assert sorted(reply.n for reply in done) == list(range(16))
+        ran = records(record)
+        assert max_overlap([(line["start"], line["end"]) for line in ran]) == 2, "concurrency: 2 organism-wide"
+        assert {line["pid"] for line in ran} == {a.process.pid, b.process.pid}
+
+
+def test_meta_ask_across_members(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a, member(nats_server, tmp_path, record) as b:
+        async def both() -> list:
+            first, second = await asyncio.gather(ask_all(a, [Question(n=n) for n in range(30)], "asker"),
+                                                 ask_all(b, [Question(n=n) for n in range(30, 60)], "asker"))
+            return first + second
+
+        answers = asyncio.run(both())
+        assert sorted((answer.n, answer.doubled) for answer in answers) == [(n, 2 * n) for n in range(60)]
+        crossed = [answer for answer in answers if answer.asker_pid != answer.doubler_pid]
+        assert crossed, "some answers were handled on another member than the one waiting, and still resumed it"
+
+
+def test_two_organisms_on_one_server_stay_isolated(nats_server, tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    with member(nats_server, tmp_path, one, cluster_config("alpha")) as a, \
+            member(nats_server, tmp_path, two, cluster_config("beta")) as b:
+        async def both() -> None:
+            first, second = await asyncio.gather(ask_all(a, [Job(n=n) for n in range(40)], "jobs"),
+                                                 ask_all(b, [Job(n=n) for n in range(100, 140)], "jobs"))
+            assert {reply.pid for reply in first} == {a.process.pid}
+            assert {reply.pid for reply in second} == {b.process.pid}
+
+        asyncio.run(both())
+    assert {line["pid"] for line in records(one)} == {a.process.pid}
+    assert {line["n"] for line in records(two)} == set(range(100, 140))
+
+
+def test_a_nats_restart_mid_load_loses_nothing_acked(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a:
+        async def load() -> tuple[list, dict]:
+            async def restart() -> dict:
+                while len(records(record)) < 20:
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(nats_server.stop)
+                await asyncio.sleep(0.5)
+                away = await _status(a)  # the member still answers its clients, and says NATS is away
+                await asyncio.to_thread(nats_server.start)
+                return away
+            restarting = asyncio.create_task(restart())
+            done = await ask_all(a, [Job(n=n, sleep_ms=20) for n in range(150)], "jobs", timeout=120)
+            return done, await restarting
+
+        done, away = asyncio.run(load())
+        assert away["members"]["connected"] is False
+        assert sorted(reply.n for reply in done) == list(range(150)), "every acked job answered after the restart"
+        assert {line["n"] for line in records(record)} == set(range(150))
+        assert "went away" in a.log and "is back" in a.log
+    assert a.returncode == 0, a.log
+
+
+def test_an_unreachable_nats_fails_fast(tmp_path):
+    (tmp_path / "organism.yaml").write_text(cluster_config())
+    started = time.monotonic()
+    done = cli("run", "organism.yaml", "--transport", f"nats://127.0.0.1:{free_port()}", cwd=tmp_path, timeout=30)
+    assert done.returncode == 1, done.stderr
+    assert time.monotonic() - started < 15
+    assert "cannot reach NATS at nats://127.0.0.1:" in done.stderr and "nats-server" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_member_with_another_configuration_is_refused(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record):
+        other = cluster_config().replace("concurrency: 2", "concurrency: 3")
+        (tmp_path / "organism.yaml").write_text(other)
+        done = cli("run", "organism.yaml", "--transport", nats_server.url, cwd=tmp_path, timeout=30)
+        assert done.returncode == 1
+        assert "differs from the one its 1 running member(s) use" in done.stderr
+
+
+def test_journal_together_with_transport_is_a_configuration_error(tmp_path):
+    (tmp_path / "organism.yaml").write_text(cluster_config(extra="  journal: run/journal.sqlite\n  transport: nats://127.0.0.1:4222\n"))
+    done = cli("check", "organism.yaml", cwd=tmp_path)
+    assert done.returncode == 4
+    assert "organism.yaml:5: organism.journal and organism.transport do not go together" in done.stdout + done.stderr
+    (tmp_path / "organism.yaml").write_text(cluster_config(extra="  journal: run/journal.sqlite\n"))
+    done = cli("run", "organism.yaml", "--transport", "nats://127.0.0.1:4222", cwd=tmp_path)
+    assert done.returncode == 4 and "--transport: organism.journal and organism.transport" in done.stderr
+
+
+def test_without_a_transport_nats_is_never_imported(tmp_path):
+    code = ("import asyncio, sys\n"
+            "from agentserver import bootstrap\n"
+            "async def main():\n"
+            "    async with bootstrap('organism.yaml') as pump:\n"
+            "        async with pump.client('me') as client:\n"
+            "            reply = await client.ask(Job(n=1), to='jobs')\n"
+            "    assert reply.payload.n == 1\n"
+            "from tests.cluster_organisms import Job\n"
+            "asyncio.run(main())\n"
+            "assert not [m for m in sys.modules if m == 'nats' or m.startswith('nats.')], 'nats imported'\n"
+            "assert 'agentserver.transport' not in sys.modules\n")
+    (tmp_path / "organism.yaml").write_text(cluster_config())
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
