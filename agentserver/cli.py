@@ -18,7 +18,7 @@ import sys
 import textwrap
 import uuid
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Sequence
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE", "EXIT_CONFIG"]
 
@@ -589,10 +589,22 @@ def _status_text(status: dict[str, Any]) -> str:
         waiting = "; ".join(c.get("waiting_on") or []) or "nothing"
         lines.append(f"  {c.get('id')} client={c.get('client')} age={c.get('age_s')}s idle={c.get('idle_s')}s "
                      f"hops={c.get('hops')} waiting on: {waiting}")
+    members = status.get("members")
+    if members:  # on NATS JetStream: the organism-wide view (DESIGN.md §15)
+        lines += ["", f"on {members.get('transport')} ({'connected' if members.get('connected') else 'NATS AWAY'}), "
+                      f"this member {members.get('member')}; members: {len(members.get('members', []))}"]
+        lines.extend("  " + row for row in _table(
+            [("MEMBER", "PID", "SOCKET", "EXECUTED", "RUNNING")] +
+            [(str(m.get("id")), str(m.get("pid")), str(m.get("socket")), str(m.get("executed")), str(m.get("running")))
+             for m in members.get("members", [])]))
+        lines.extend("  " + row for row in _table(
+            [("LISTENER", "PENDING", "IN FLIGHT", "CAP", "REDELIVERED")] +
+            [(name, str(w.get("pending")), str(w.get("in_flight")), str(w.get("cap")), str(w.get("redelivered")))
+             for name, w in members.get("listeners", {}).items()]))
     return "\n".join(lines)
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 

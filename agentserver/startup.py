@@ -92,7 +92,7 @@ async def _serve(config: OrganismConfig, member: "Member | None", socket_path: s
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     if member is not None:
-        member.serve(pump)  # this member's share of the organism's work, from now on
+        member.serve(pump, socket_path)  # this member's share of the organism's work, from now on
     server = Server(pump, socket_path=socket_path or config.socket, tcp=tcp or config.tcp,
                     token=os.environ.get("AGENTSERVER_TOKEN"))
     loop = asyncio.get_running_loop()

@@ -209,3 +209,101 @@ def test_without_a_transport_nats_is_never_imported(tmp_path):
     (tmp_path / "organism.yaml").write_text(cluster_config())
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_sigterm_on_a_member_finishes_what_it_runs_and_leaves_the_rest(nats_server, tmp_path):
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a:
+        b = member(nats_server, tmp_path, record).start()
+        try:
+            async def load() -> list:
+                async def stop_b() -> None:
+                    while not any(line["pid"] == b.process.pid for line in records(record)):
+                        await asyncio.sleep(0.05)
+                    b.send_signal(signal.SIGTERM)  # b is running units of a's conversations now
+                stopping = asyncio.create_task(stop_b())
+                done = await ask_all(a, [Job(n=n, sleep_ms=300) for n in range(60)], "jobs", timeout=120)
+                await stopping
+                return done
+
+            done = asyncio.run(load())
+        finally:
+            b.stop()
+        assert b.returncode == 0, b.log
+        assert sorted(reply.n for reply in done) == list(range(60))
+        ran = records(record)
+        assert sorted(line["n"] for line in ran) == list(range(60)), "each once: b finished what it had taken"
+        assert not any(line["redelivered"] for line in ran)
+        assert {line["pid"] for line in ran} == {a.process.pid, b.process.pid}
+
+
+def test_healthz_says_not_ready_while_nats_is_away(nats_server, tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    config = cluster_config(extra=f"  http: 127.0.0.1:{port}\n")
+
+    def healthz() -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    with member(nats_server, tmp_path, tmp_path / "record.jsonl", config) as a:
+        assert healthz()[0] == 200
+        nats_server.stop()
+        deadline = time.monotonic() + 10
+        while healthz()[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        code, body = healthz()
+        assert code == 503 and any("NATS at nats://127.0.0.1:" in problem for problem in body["problems"])
+        nats_server.start()
+        deadline = time.monotonic() + 15
+        while healthz()[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert healthz()[0] == 200
+        assert asyncio.run(ask_all(a, [Job(n=1)], "jobs"))[0].n == 1
+
+
+def test_the_readme_cluster_block_runs(nats_server, tmp_path):
+    """README "Running on several processes": its shell block, against this test's nats-server."""
+    from tests.test_readme import BLOCKS, REPO as ROOT, command, shows
+
+    (code,) = [code for lang, code in BLOCKS if code.startswith("nats-server -js")]
+    lines = code.replace("nats://127.0.0.1:4222", nats_server.url).splitlines()
+    assert lines[0].startswith("nats-server -js -sd run/nats"), "the test starts its own nats-server in its place"
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "organism.yaml").write_text((ROOT / "config" / "organism.yaml").read_text())
+    servers: list[subprocess.Popen] = []
+    try:
+        steps = []
+        for line in lines[1:]:
+            if line.startswith("#"):
+                steps[-1].expected.append(line[1:].strip())
+            elif line.strip():
+                steps.append(command(line))
+        for step in steps:
+            if step.background:
+                log = tmp_path / f"member-{len(servers)}.log"
+                servers.append(subprocess.Popen(step.argv, cwd=tmp_path, env=env(), stdout=open(log, "w"),
+                                                stderr=subprocess.STDOUT))
+                deadline = time.monotonic() + 30
+                while "listening on" not in log.read_text():
+                    assert servers[-1].poll() is None and time.monotonic() < deadline, log.read_text()
+                    time.sleep(0.05)
+                continue
+            if step.verb == "status":
+                time.sleep(2.5)  # the organism-wide view is refreshed every 2 s
+            done = subprocess.run(step.argv, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+            assert done.returncode == step.exit_code, done.stderr
+            for expected in step.expected:
+                assert shows(done.stdout, expected), f"{expected!r} not in:\n{done.stdout}"
+        assert len(servers) == 2
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGTERM)
+        for server in servers:
+            assert server.wait(30) == 0

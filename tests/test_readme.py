@@ -74,6 +74,10 @@ YAML_BLOCKS = {
 NOT_COMMANDS = {
     "agentserver bench: full run": "the output of `python scripts/bench.py --peers` (Performance), shown, not run",
 }
+# Shell blocks run by a test elsewhere (the first line -> the test that runs it, which must exist).
+RUN_ELSEWHERE = {
+    "nats-server -js": "tests/test_nats_transport.py::test_the_readme_cluster_block_runs",
+}
 # Command lines not run here, with the reason.
 SKIPPED = {
     "python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/python -m agentserver run config/organism.yaml":
@@ -101,6 +105,10 @@ def test_every_block_is_run():
     lines = {line for lang, code in BLOCKS if lang in SHELL for line in code.splitlines()}
     assert not set(SKIPPED) - lines, "SKIPPED lists a line the README no longer has"
     assert all(any(code.startswith(first) for _, code in BLOCKS) for first in NOT_COMMANDS)
+    for first, test in RUN_ELSEWHERE.items():
+        assert any(code.startswith(first) for _, code in BLOCKS), f"RUN_ELSEWHERE names a block the README lacks: {first}"
+        path, _, name = test.partition("::")
+        assert f"def {name}(" in (REPO / path).read_text(), f"{test} does not exist"
 
 
 def test_every_python_block_compiles():
@@ -342,7 +350,8 @@ class Command:
 
 
 def shell_blocks() -> list[str]:
-    return [code for lang, code in BLOCKS if lang in SHELL and not any(code.startswith(first) for first in NOT_COMMANDS)]
+    return [code for lang, code in BLOCKS if lang in SHELL
+            and not any(code.startswith(first) for first in (*NOT_COMMANDS, *RUN_ELSEWHERE))]
 
 
 def command(line: str) -> Command:

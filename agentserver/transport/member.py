@@ -140,6 +140,7 @@ class Member:
         self.connected = True
         self.executed = 0  # handler calls this member ran for the organism
         self.started = time.time()
+        self.socket = config.socket  # where its own clients connect (`run --socket`), shown in `status`
         self.pump: "StreamPump | None" = None
         self._kv: Any = None
         self._members: Any = None
@@ -152,6 +153,7 @@ class Member:
         self._draining = False
         self._closed = False
         self._inbox: Any = None
+        self._takers: list[asyncio.Task[None]] = []
         self._view: dict[str, Any] = {"members": [], "listeners": {}}
 
     # -- joining --------------------------------------------------------------------------
@@ -264,18 +266,23 @@ class Member:
         assert self._group is not None
         await self._group.__aexit__(*exc_info)
 
-    def serve(self, pump: "StreamPump") -> None:
+    def serve(self, pump: "StreamPump", socket_path: str | None = None) -> None:
         """Take this member's share of the organism's work, handled with `pump`'s listeners."""
         assert self._group is not None, "use `async with member:`"
         self.pump = pump
+        self.socket = socket_path or self.socket
         self._group.create_task(self._open_inbox(), name="member:inbox")
-        for name in self._caps():
-            self._group.create_task(self._take(pump.routes.by_name[name]), name=f"member:take:{name}")
+        self._takers = [self._group.create_task(self._take(pump.routes.by_name[name]), name=f"member:take:{name}")
+                        for name in self._caps()]
 
     async def drain(self, timeout: float) -> int:
         """Stop taking work; let the units running here finish within `timeout`; give the
         rest back to JetStream at once (another member takes them). Returns how many."""
         self._draining = True
+        if self._takers:  # a fetch under way ends within FETCH_WAIT_S; what it brings is run like the rest
+            _, waiting = await asyncio.wait(self._takers, timeout=FETCH_WAIT_S + 1)
+            for task in waiting:  # waiting for a slot, not fetching: nothing taken
+                task.cancel()
         if self._running:
             await asyncio.wait(list(self._running), timeout=timeout)
         left = [task for task in self._running if not task.done()]
@@ -402,10 +409,6 @@ class Member:
                 await asyncio.sleep(0.5)
                 continue
             for msg in messages:
-                if self._draining:
-                    self._slots.release()
-                    await msg.nak()  # another member takes it now
-                    continue
                 task = self._spawn(self._work(listener, msg))
                 self._running[task] = msg
 
@@ -537,7 +540,7 @@ class Member:
 
         await self._members.put(f"m.{self.id}", json.dumps({
             "id": self.id, "pid": os.getpid(), "host": socket.gethostname(), "started": self.started,
-            "socket": self.config.socket, "executed": self.executed, "running": len(self._running)}).encode())
+            "socket": self.socket, "executed": self.executed, "running": len(self._running)}).encode())
         members = []
         try:
             for key in await self._members.keys():
