@@ -307,3 +307,30 @@ def test_the_readme_cluster_block_runs(nats_server, tmp_path):
             server.send_signal(signal.SIGTERM)
         for server in servers:
             assert server.wait(30) == 0
+
+
+def test_a_member_puts_no_more_in_jetstream_than_its_intake_holds(nats_server, tmp_path):
+    """Backpressure: an external unit keeps its place in the member's bounded intake until
+    its handler has run somewhere, so a client cannot pile up work in JetStream."""
+    record = tmp_path / "record.jsonl"
+    config = cluster_config(extra="limits:\n  intake_capacity: 4\n")
+    with member(nats_server, tmp_path, record, config) as a:
+        async def load() -> tuple[list, int]:
+            most = 0
+
+            async def watch() -> None:
+                nonlocal most
+                while True:
+                    status = await _status(a)
+                    capped = status["members"]["listeners"]["capped"]
+                    most = max(most, capped["pending"] + capped["in_flight"])
+                    await asyncio.sleep(0.3)
+
+            watching = asyncio.create_task(watch())
+            done = await ask_all(a, [Capped(n=n, sleep_ms=250) for n in range(24)], "capped")
+            watching.cancel()
+            return done, most
+
+        done, most = asyncio.run(load())
+        assert sorted(reply.n for reply in done) == list(range(24))
+        assert 0 < most <= 4, f"{most} units of one member's clients in JetStream at once (intake_capacity: 4)"

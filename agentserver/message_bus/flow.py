@@ -178,7 +178,7 @@ Parked = MessageState | Resume
 
 
 class HandlerSlots:
-    def __init__(self, total: int, routes: "Routes", counters: "Counters", *, depth_first: bool = False,
+    def __init__(self, total: int, routes: "Routes", counters: "Counters", depth_first: bool = False,
                  remote: bool = False) -> None:
         # remote: handlers run on whichever member of the organism takes them (DESIGN.md §15); JetStream
         # holds what waits and the members apply the caps, so here a unit waiting for a worker holds nothing

@@ -72,8 +72,8 @@ class StreamPump:
         self.pipeline = Pipeline(self.ctx, on_extra=self._accept)
         depth_first = config.thread_scheduling == "depth-first"
         self.admission = Admission(limits.intake_capacity, config.max_concurrent_pipelines, depth_first)
-        self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first=depth_first, remote=bool(transport))
-        self.handlers = HandlerTasks.for_organism(config, self.routes, transport)  # the model router too; handlers may run elsewhere
+        self.slots = HandlerSlots(config.max_concurrent_handlers, self.routes, self.counters, depth_first, bool(transport))
+        self.handlers = HandlerTasks.for_organism(config, self.routes, transport)  # the model router too
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
         self.calls = Calls()  # awaited calls (meta.ask)
         self.durability = Journaled(journal, self.ctx, self.stores, self.calls) if journal else (transport or Volatile()).durability
@@ -175,7 +175,7 @@ class StreamPump:
         """Run the handler in a task of the pump's task group (a slot is taken for it)."""
         route = state.route
         assert isinstance(route, Delivery)
-        state.leave_intake()  # from here on the handler caps bound it
+        state.leave_intake() if self.handlers.transport is None else None  # the caps bound it now (on NATS: the intake)
         self.counters.listener(route.listener.name).delivered += 1
         self.handlers.start(state, self._handle(state, route), name=f"handler:{route.listener.name}")
 
