@@ -97,3 +97,14 @@ async def handle_number(payload: Number, meta: HandlerMetadata) -> HandlerRespon
     spin(5)
     record(role="doubler", n=payload.value)
     return HandlerResponse.respond(Doubled(value=payload.value * 2, pid=os.getpid()))
+
+
+@xmlify
+@dataclass
+class Crash:
+    n: int
+
+
+async def handle_crash(payload: Crash, meta: HandlerMetadata) -> HandlerResponse:
+    record(role="crash", n=payload.n)
+    raise ValueError(f"boom {payload.n} in {os.getpid()}")

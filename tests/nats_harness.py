@@ -93,6 +93,9 @@ listeners:
   - name: doubler
     payload_class: tests.cluster_organisms.Number
     handler: tests.cluster_organisms.handle_number
+  - name: crasher
+    payload_class: tests.cluster_organisms.Crash
+    handler: tests.cluster_organisms.handle_crash
 """
 
 

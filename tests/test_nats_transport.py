@@ -334,3 +334,25 @@ def test_a_member_puts_no_more_in_jetstream_than_its_intake_holds(nats_server, t
         done, most = asyncio.run(load())
         assert sorted(reply.n for reply in done) == list(range(24))
         assert 0 < most <= 4, f"{most} units of one member's clients in JetStream at once (intake_capacity: 4)"
+
+
+def test_a_handler_failing_on_another_member_reaches_the_client_and_the_owners_dead_letters(nats_server, tmp_path):
+    from agentserver.outbound import RemoteError
+    from tests.cluster_organisms import Crash
+
+    record = tmp_path / "record.jsonl"
+    with member(nats_server, tmp_path, record) as a, member(nats_server, tmp_path, record) as b:
+        async def crash() -> tuple[list, list]:
+            async with connect(a.socket_path) as client:
+                outcomes = await asyncio.gather(*(client.ask(Crash(n=n), to="crasher", timeout=30) for n in range(12)),
+                                                return_exceptions=True)
+                return outcomes, await client.deadletters()
+
+        outcomes, letters = asyncio.run(crash())
+        assert all(isinstance(outcome, RemoteError) and outcome.code == "handler" for outcome in outcomes), outcomes
+        reasons = [letter["reason"] for letter in letters if letter["code"] == "handler"]
+        assert len(reasons) == 12 and all("crasher raised ValueError: boom" in reason for reason in reasons)
+        workers = {line["pid"] for line in records(record)}
+        assert workers == {a.process.pid, b.process.pid}, "some ran on the other member, and still were told"
+        assert any(f"in {b.process.pid}" in reason for reason in reasons)
+        assert "crasher raised on member" in b.log and "ValueError: boom" in b.log  # the traceback: where it ran

@@ -464,19 +464,20 @@ class Member:
             payload = self._from_xml(work.payload)
             async with asyncio.timeout(timeout) as deadline:
                 value = await listener.handler(payload, meta)
-            return Result(work.unit, encode_items(value, self._to_xml), worker=self.id)
         except TimeoutError:
             if not deadline.expired():
                 return _failed(work, ErrorCode.HANDLER, f"{listener.name} raised TimeoutError", self.id)
             return _failed(work, ErrorCode.TIMEOUT, f"{listener.name} ran over {timeout}s", self.id)
-        except (TypeError, ValueError) as exc:
-            return _failed(work, ErrorCode.WRONG_TYPE, f"{listener.name}: {exc}", self.id)
         except Exception as exc:
             code = llm_code(exc)
             if code is not None:
                 return _failed(work, code, f"{listener.name}: {type(exc).__name__}: {exc}", self.id)
             log.error("%s raised on member %s", listener.name, self.id, exc_info=exc)
             return _failed(work, ErrorCode.HANDLER, f"{listener.name} raised {type(exc).__name__}: {exc}", self.id)
+        try:
+            return Result(work.unit, encode_items(value, self._to_xml), worker=self.id)
+        except (TypeError, ValueError) as exc:  # what it returned cannot travel: what it may not return
+            return _failed(work, ErrorCode.WRONG_TYPE, f"{listener.name}: {exc}", self.id)
 
     async def _ask_owner(self, work: Work, slot: "_Slot", peer: str, payload: Any, timeout: float | None) -> Any:
         """`meta.ask` of a handler running here: the owner makes the call. While it waits the
