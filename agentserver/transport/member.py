@@ -154,6 +154,8 @@ class Member:
         self._closed = False
         self._inbox: Any = None
         self._takers: list[asyncio.Task[None]] = []
+        self._cap_by_listener: dict[str, int] | None = None
+        self._heart: asyncio.Task[None] | None = None
         self._view: dict[str, Any] = {"members": [], "listeners": {}}
 
     # -- joining --------------------------------------------------------------------------
@@ -232,18 +234,16 @@ class Member:
         for spec_name, cap in self._caps().items():
             consumer = ConsumerConfig(durable_name=names.consumer(spec_name), filter_subject=names.work(spec_name),
                                       ack_wait=ACK_WAIT_S, max_ack_pending=cap, max_deliver=-1)
-            try:
-                await js.add_consumer(names.work_stream, consumer)
-            except Exception:  # its cap changed with the configuration: made again
-                await js.delete_consumer(names.work_stream, names.consumer(spec_name))
-                await js.add_consumer(names.work_stream, consumer)
+            await js.add_consumer(names.work_stream, consumer)  # the same: nothing changes; its cap changed: updated
 
     def _caps(self) -> dict[str, int]:
         """Each listener's concurrency cap (organism-wide), as the pump computes it."""
-        from agentserver.message_bus.boot import organism_routes
+        if self._cap_by_listener is None:
+            from agentserver.message_bus.boot import organism_routes
 
-        return {name: listener.concurrency for name, listener in organism_routes(self.config).by_name.items()
-                if not listener.system}
+            self._cap_by_listener = {name: listener.concurrency for name, listener in
+                                     organism_routes(self.config).by_name.items() if not listener.system}
+        return self._cap_by_listener
 
     async def _live_members(self) -> list[str]:
         from nats.js.errors import NoKeysError
@@ -258,7 +258,7 @@ class Member:
         self._group = asyncio.TaskGroup()
         await self._group.__aenter__()
         await self._beat()
-        self._group.create_task(self._heartbeat(), name="member:heartbeat")
+        self._heart = self._group.create_task(self._heartbeat(), name="member:heartbeat")
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -299,6 +299,8 @@ class Member:
         if not self._draining:
             await self.drain(0)
         self._closed = True
+        if self._heart is not None:
+            self._heart.cancel()
         with contextlib.suppress(Exception):
             await self._members.delete(f"m.{self.id}")
         with contextlib.suppress(Exception):
@@ -349,9 +351,14 @@ class Member:
         from nats.js.api import ConsumerConfig
 
         config = ConsumerConfig(ack_wait=30.0, inactive_threshold=INBOX_MAX_AGE_S)
-        self._inbox = await self.js.subscribe(self.names.inbox(self.id), durable=self.names.member_consumer(self.id),
-                                              stream=self.names.inbox_stream, cb=self._on_inbox, manual_ack=True,
-                                              config=config)
+        while self._inbox is None and not self._closed:
+            try:
+                self._inbox = await self.js.subscribe(
+                    self.names.inbox(self.id), durable=self.names.member_consumer(self.id),
+                    stream=self.names.inbox_stream, cb=self._on_inbox, manual_ack=True, config=config)
+            except Exception as exc:  # NATS away right now: results wait in the stream meanwhile
+                log.warning("member %s: cannot open its inbox yet (%s); retrying", self.id, exc)
+                await asyncio.sleep(0.5)
 
     async def _on_inbox(self, msg: Any) -> None:
         try:
@@ -380,8 +387,18 @@ class Member:
         await msg.ack()
 
     def _spawn(self, coroutine: Any) -> "asyncio.Task[None]":
+        """A task of the member's group. What it raises is logged: in a task group it would
+        cancel every other task of the member (its fetch loops among them)."""
         assert self._group is not None
-        return self._group.create_task(coroutine)
+
+        async def logged() -> None:
+            try:
+                await coroutine
+            except Exception as exc:
+                if not self._closed:
+                    log.error("member %s: %s", self.id, exc, exc_info=exc)
+
+        return self._group.create_task(logged())
 
     # -- the worker's side ----------------------------------------------------------------
     async def _take(self, listener: "Listener") -> None:
@@ -532,8 +549,10 @@ class Member:
     async def _heartbeat(self) -> None:
         while not self._closed:
             await asyncio.sleep(HEARTBEAT_S)
-            with contextlib.suppress(Exception):
+            try:
                 await self._beat()
+            except Exception as exc:  # NATS away: `status` keeps the last view, and says so
+                log.debug("member %s: heartbeat: %s", self.id, exc)
 
     async def _beat(self) -> None:
         """Say this member is alive, and read the organism-wide view `status` shows."""
