@@ -30,13 +30,14 @@ import logging
 import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["Journal", "JournalError", "Record", "Snapshot", "SCHEMA_VERSION"]
+__all__ = ["Journal", "JournalError", "Record", "Snapshot", "SCHEMA_VERSION", "WriteAhead", "coalesce", "fold"]
 
 log = logging.getLogger("agentserver.journal")
 
@@ -109,38 +110,38 @@ class Snapshot:
     seen: dict[tuple[str, str], float]  # (sender, message id) -> when
 
 
-class Journal:
-    def __init__(self, path: str | os.PathLike[str], organism: str, *, synchronous: str = "FULL") -> None:
-        self.path = Path(path)
-        self.organism = organism
-        self._db = _connect(self.path, organism, synchronous)
-        self.next_seq = (self._db.execute("SELECT max(seq) FROM units").fetchone()[0] or 0) + 1
+class WriteAhead:
+    """What every journal does the same: operations queued in order and numbered, and who
+    waits for which number to be kept (`durable`, `when_durable`). Where they are kept is
+    the subclass's: a SQLite file (`Journal`), or JetStream (agentserver.transport)."""
+
+    path: Any
+
+    def __init__(self, next_seq: int = 1) -> None:
+        self.next_seq = next_seq
         self._ops: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._queued = 0  # operations queued so far (their numbers: 1, 2, ...)
-        self._committed = 0  # operations on disk
+        self._committed = 0  # operations kept
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
-        self._callbacks: list[tuple[int, Callable[[], object]]] = []  # (write, what to call once it is on disk)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._callbacks: list[tuple[int, Callable[[], object]]] = []  # (write, what to call once it is kept)
         self.failure: BaseException | None = None  # what stopped the writer, if anything did
         self.commits = 0
 
-    # -- reading, at start (before the writer runs) --------------------------------
+    # -- what each kind of journal does its own way -------------------------------------
     def load(self) -> Snapshot:
-        db = self._db
-        units = [Record(seq, conversation, message_id, kind, sender, bytes(envelope), json.loads(context))
-                 for seq, conversation, message_id, kind, sender, envelope, context in
-                 db.execute("SELECT seq, conversation, message_id, kind, sender, envelope, context FROM units ORDER BY seq")]
-        conversations = [dict(key=k, client=c, external_id=e, started=s)
-                         for k, c, e, s in db.execute("SELECT key, client, external_id, started FROM conversations")]
-        threads = [dict(id=i, conversation=c, chain=json.loads(ch), parent=p, call_id=call)
-                   for i, c, ch, p, call in db.execute("SELECT id, conversation, chain, parent, call_id FROM threads")]
-        threads.sort(key=lambda t: len(t["chain"]))  # parents before children
-        history = [(c, t, json.loads(e)) for c, t, e in db.execute("SELECT conversation, thread, entry FROM history ORDER BY n")]
-        todos = [(c, t, json.loads(o)) for c, t, o in db.execute("SELECT conversation, thread, op FROM todos ORDER BY n")]
-        calls = [(c, i, t) for i, c, t in db.execute("SELECT call_id, conversation, thread FROM calls")]
-        seen = {(s, m): when for s, m, when in db.execute("SELECT sender, message_id, time FROM seen")}
-        return Snapshot(units, conversations, threads, history, todos, calls, seen)
+        """What was not done last time (read before anything is written)."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the writer."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Keep what is queued, stop the writer."""
+        raise NotImplementedError
+
+    def status(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     # -- writing: queued, applied in order by the writer --------------------------------
     def new_seq(self) -> int:
@@ -212,6 +213,57 @@ class Journal:
         self._waiters.append((target, future))
         await future
 
+    def _wake(self, error: BaseException | None) -> None:
+        committed = self._committed
+        if self._callbacks and error is None:
+            due = [then for target, then in self._callbacks if target <= committed]
+            self._callbacks = [(target, then) for target, then in self._callbacks if target > committed]
+            for then in due:
+                try:
+                    then()
+                except Exception:  # a callback must not stop the others
+                    log.exception("journal %s: a durability callback failed", self.path)
+        still = []
+        for target, future in self._waiters:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(JournalError(f"{self.path}: the journal stopped writing: {error}"))
+            elif target <= committed:
+                future.set_result(None)
+            else:
+                still.append((target, future))
+        self._waiters = still
+
+
+class Journal(WriteAhead):
+    """The SQLite journal of `organism.journal`."""
+
+    def __init__(self, path: str | os.PathLike[str], organism: str, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.organism = organism
+        self._db = _connect(self.path, organism, synchronous)
+        super().__init__((self._db.execute("SELECT max(seq) FROM units").fetchone()[0] or 0) + 1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- reading, at start (before the writer runs) --------------------------------
+    def load(self) -> Snapshot:
+        db = self._db
+        units = [Record(seq, conversation, message_id, kind, sender, bytes(envelope), json.loads(context))
+                 for seq, conversation, message_id, kind, sender, envelope, context in
+                 db.execute("SELECT seq, conversation, message_id, kind, sender, envelope, context FROM units ORDER BY seq")]
+        conversations = [dict(key=k, client=c, external_id=e, started=s)
+                         for k, c, e, s in db.execute("SELECT key, client, external_id, started FROM conversations")]
+        threads = [dict(id=i, conversation=c, chain=json.loads(ch), parent=p, call_id=call)
+                   for i, c, ch, p, call in db.execute("SELECT id, conversation, chain, parent, call_id FROM threads")]
+        threads.sort(key=lambda t: len(t["chain"]))  # parents before children
+        history = [(c, t, json.loads(e)) for c, t, e in db.execute("SELECT conversation, thread, entry FROM history ORDER BY n")]
+        todos = [(c, t, json.loads(o)) for c, t, o in db.execute("SELECT conversation, thread, op FROM todos ORDER BY n")]
+        calls = [(c, i, t) for i, c, t in db.execute("SELECT call_id, conversation, thread FROM calls")]
+        seen = {(s, m): when for s, m, when in db.execute("SELECT sender, message_id, time FROM seen")}
+        return Snapshot(units, conversations, threads, history, todos, calls, seen)
+
     # -- the writer ------------------------------------------------------------------
     def start(self) -> None:
         """Start the writer thread (owned by this journal; `close()` ends it)."""
@@ -247,7 +299,7 @@ class Journal:
         """Apply `ops` in one transaction (the writer's step; tests call it directly)."""
         db = self._db
         with db:
-            for op in _coalesce(ops):
+            for op in coalesce(ops):
                 kind = op[0]
                 if kind == "append":
                     _insert(db, op[1])
@@ -284,28 +336,6 @@ class Journal:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake, error)
 
-    def _wake(self, error: BaseException | None) -> None:
-        committed = self._committed
-        if self._callbacks and error is None:
-            due = [then for target, then in self._callbacks if target <= committed]
-            self._callbacks = [(target, then) for target, then in self._callbacks if target > committed]
-            for then in due:
-                try:
-                    then()
-                except Exception:  # a callback must not stop the others
-                    log.exception("journal %s: a durability callback failed", self.path)
-        still = []
-        for target, future in self._waiters:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(JournalError(f"{self.path}: the journal stopped writing: {error}"))
-            elif target <= committed:
-                future.set_result(None)
-            else:
-                still.append((target, future))
-        self._waiters = still
-
     # -- the end -----------------------------------------------------------------------
     async def close(self) -> None:
         """Write what is queued, stop the writer, close the file."""
@@ -330,10 +360,22 @@ class Journal:
                 "failed": str(self.failure) if self.failure is not None else None}
 
 
+def fold(ops: list[tuple[Any, ...]], organism: str) -> Snapshot:
+    """What a journal that was written `ops` would give back at a restart (a member that
+    adopts another's open conversations reads them this way)."""
+    with tempfile.TemporaryDirectory(prefix="agentserver-fold-") as folder:
+        journal = Journal(Path(folder) / "journal.sqlite", organism, synchronous="OFF")
+        try:
+            journal.apply(ops)
+            return journal.load()
+        finally:
+            journal._db.close()
+
+
 _KEYED = {"conversation": 1, "thread": 1, "history": 1, "todo": 1, "awaited": 1, "forget": 1}  # op -> conversation's place
 
 
-def _coalesce(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def coalesce(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """`ops` less what the same transaction would write and then delete: a unit appended
     and done within it, and everything of a conversation opened and forgotten within it
     (its key is new, so nothing of it is on disk yet). The file ends the same; under

@@ -21,6 +21,7 @@ what members compare to refuse a member whose configuration differs.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from agentserver.journal import Record
 from agentserver.message_bus.message_state import HandlerResponse, HistoryEntry
 from agentserver.primitives import TodoComplete, TodoUntil
 
@@ -35,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from agentserver.config import OrganismConfig
 
 __all__ = ["Names", "Work", "Result", "Ask", "Answer", "decode", "fingerprint", "encode_items", "decode_items",
-           "WireError"]
+           "WireError", "by_conversation", "encode_ops", "decode_ops"]
 
 VERSION = 1
 
@@ -83,6 +85,15 @@ class Names:
     @staticmethod
     def member_consumer(member: str) -> str:
         return f"inbox_{member}"
+
+    @property
+    def journal_stream(self) -> str:
+        return f"AGENTSERVER_{_token(self.organism)}_JOURNAL"
+
+    def journal(self, member: str, conversation: str = ">") -> str:
+        """The subject of one open conversation's journal operations (">": all of the member's)."""
+        token = conversation if conversation == ">" else hashlib.sha256(conversation.encode()).hexdigest()[:20]
+        return f"{self.prefix}.journal.{member}.{token}"
 
 
 def fingerprint(config: "OrganismConfig") -> str:
@@ -234,3 +245,82 @@ def decode_history(history: list[dict[str, Any]], from_xml: Decode) -> list[Hist
         out.append(HistoryEntry(entry["sender"], entry["to"], entry["root_tag"], payload, entry["timestamp"],
                                 entry["message_id"], entry["call_id"]))
     return out
+
+
+# -- the owner's journal operations (agentserver.journal's), kept per open conversation ----
+_KEYED = {"conversation", "thread", "history", "todo", "awaited", "forget"}  # ops whose op[1] is the conversation
+
+
+def by_conversation(ops: list[tuple[Any, ...]], units: dict[int, str]) -> dict[str, list[tuple[Any, ...]]]:
+    """`ops` (in order) split by the conversation each belongs to. `units` maps each
+    journaled unit's number to its conversation, and is kept up to date here (a unit's
+    `done` names only its number). A unit's outputs in another conversation than its
+    own are appended there; `seen` (dedupe) is the owner's alone and is left out."""
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    for op in ops:
+        kind = op[0]
+        if kind == "append":
+            units[op[1].seq] = op[1].conversation
+            out.setdefault(op[1].conversation, []).append(op)
+        elif kind == "finish":
+            key = units.pop(op[1], None)
+            children = []
+            for child in op[2]:
+                units[child.seq] = child.conversation
+                if child.conversation == key:
+                    children.append(child)
+                else:
+                    out.setdefault(child.conversation, []).append(("append", child))
+            if key is not None:
+                out.setdefault(key, []).append(("finish", op[1], tuple(children)))
+        elif kind == "done":
+            key = units.pop(op[1], None)
+            if key is not None:
+                out.setdefault(key, []).append(op)
+        elif kind in _KEYED:
+            out.setdefault(op[1], []).append(op)
+    return out
+
+
+def _record(record: Record) -> dict[str, Any]:
+    return {"seq": record.seq, "conversation": record.conversation, "message_id": record.message_id,
+            "kind": record.kind, "sender": record.sender, "envelope": base64.b64encode(record.envelope).decode(),
+            "context": record.context}
+
+
+def _unrecord(found: dict[str, Any]) -> Record:
+    return Record(found["seq"], found["conversation"], found["message_id"], found["kind"], found["sender"],
+                  base64.b64decode(found["envelope"]), found["context"])
+
+
+def encode_ops(ops: list[tuple[Any, ...]]) -> bytes:
+    encoded: list[list[Any]] = []
+    for op in ops:
+        if op[0] == "append":
+            encoded.append(["append", _record(op[1])])
+        elif op[0] == "finish":
+            encoded.append(["finish", op[1], [_record(child) for child in op[2]]])
+        else:
+            encoded.append(list(op))
+    return json.dumps({"v": VERSION, "ops": encoded}, separators=(",", ":")).encode()
+
+
+def decode_ops(data: bytes) -> list[tuple[Any, ...]]:
+    """Journal operations another member published. Raises WireError."""
+    try:
+        document = json.loads(data)
+        if document.get("v") != VERSION:
+            raise WireError(f"not a version-{VERSION} journal message of agentserver members")
+        ops: list[tuple[Any, ...]] = []
+        for op in document["ops"]:
+            if op[0] == "append":
+                ops.append(("append", _unrecord(op[1])))
+            elif op[0] == "finish":
+                ops.append(("finish", op[1], tuple(_unrecord(child) for child in op[2])))
+            else:
+                ops.append(tuple(op))
+        return ops
+    except WireError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise WireError(f"a damaged journal message: {exc}") from None
