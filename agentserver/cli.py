@@ -592,7 +592,8 @@ def _status_text(status: dict[str, Any]) -> str:
     members = status.get("members")
     if members:  # on NATS JetStream: the organism-wide view (DESIGN.md §15)
         lines += ["", f"on {members.get('transport')} ({'connected' if members.get('connected') else 'NATS AWAY'}), "
-                      f"this member {members.get('member')}; members: {len(members.get('members', []))}"]
+                      f"this member {members.get('member')}; members: {len(members.get('members', []))}; "
+                      f"conversations adopted: {members.get('adopted', 0)}"]
         lines.extend("  " + row for row in _table(
             [("MEMBER", "PID", "SOCKET", "EXECUTED", "RUNNING")] +
             [(str(m.get("id")), str(m.get("pid")), str(m.get("socket")), str(m.get("executed")), str(m.get("running")))

@@ -108,3 +108,23 @@ class Crash:
 async def handle_crash(payload: Crash, meta: HandlerMetadata) -> HandlerResponse:
     record(role="crash", n=payload.n)
     raise ValueError(f"boom {payload.n} in {os.getpid()}")
+
+
+@xmlify
+@dataclass
+class Chain:
+    n: int
+    step: int
+    last: int
+    sleep_ms: int = 0
+
+
+async def handle_chain(payload: Chain, meta: HandlerMetadata) -> HandlerResponse:
+    """A conversation of `last` hops, one step of it per call (to itself)."""
+    await asyncio.sleep(payload.sleep_ms / 1000)
+    record(role="chain", n=payload.n, step=payload.step, redelivered=meta.redelivered,
+           conversation=meta.conversation_id)
+    if payload.step < payload.last:
+        return HandlerResponse(Chain(n=payload.n, step=payload.step + 1, last=payload.last, sleep_ms=payload.sleep_ms),
+                               to="chain")
+    return HandlerResponse.respond(Done(n=payload.n, pid=os.getpid()))

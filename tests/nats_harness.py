@@ -96,6 +96,9 @@ listeners:
   - name: crasher
     payload_class: tests.cluster_organisms.Crash
     handler: tests.cluster_organisms.handle_crash
+  - name: chain
+    payload_class: tests.cluster_organisms.Chain
+    handler: tests.cluster_organisms.handle_chain
 """
 
 

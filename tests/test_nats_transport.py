@@ -8,6 +8,7 @@ handlers (tests/cluster_organisms.py) record which process ran them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from agentserver.client import connect
-from tests.cluster_organisms import Answer, Capped, Done, Job, Question
+from tests.cluster_organisms import Answer, Capped, Chain, Done, Job, Question
 from tests.nats_harness import cluster_config, records
 from tests.server_harness import RunningServer, cli, env, free_port
 
@@ -94,6 +95,57 @@ def test_kill_9_of_a_member_loses_no_acked_message(nats_server, tmp_path):
         assert redelivered and all(line["pid"] == a.process.pid for line in redelivered), \
             "b's units ran again on a, flagged meta.redelivered"
         assert all(reply.pid == a.process.pid for reply in done if reply.n in {line["n"] for line in redelivered})
+
+
+def test_kill_9_of_an_owner_its_open_conversations_are_adopted(nats_server, tmp_path):
+    """The member holding the client's connection dies mid-conversation: another member
+    adopts what it left open (its journal is in JetStream) and takes each conversation to
+    its end, under the same conversation id; the replies are dead letters there (their
+    client was connected to the member that died), as after a restart with a journal."""
+    record = tmp_path / "record.jsonl"
+
+    def steps(last: bool = False) -> dict[int, set]:
+        found: dict[int, set] = {}
+        for line in records(record):
+            if line.get("role") == "chain" and (not last or line["step"] == 4):
+                found.setdefault(line["n"], set()).add(line["conversation"])
+        return found
+
+    with member(nats_server, tmp_path, record) as b:
+        a = member(nats_server, tmp_path, record).start()
+        try:
+            async def load() -> None:
+                client = await connect(a.socket_path, payloads=[*PAYLOADS, Chain]).__aenter__()
+                for n in range(20):
+                    await client.send(Chain(n=n, step=1, last=4, sleep_ms=300), to="chain")  # acked
+                while len(steps()) < 20:  # every conversation is under way
+                    await asyncio.sleep(0.02)
+                a.process.kill()  # SIGKILL: its clients' conversations are open, their next hops not run
+                with contextlib.suppress(Exception):
+                    await client.close()
+
+            asyncio.run(load())
+        finally:
+            a.stop()
+        assert a.returncode == -signal.SIGKILL
+        deadline = time.monotonic() + 60  # the heartbeat lapses (10 s), then the adopter runs what was left
+        while len(steps(last=True)) < 20 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sorted(steps(last=True)) == list(range(20)), f"every conversation ran to its end:\n{b.log}"
+        assert all(len(ids) == 1 for ids in steps().values()), "one conversation id, before and after the adoption"
+        adopted = [line for line in records(record) if line.get("role") == "chain" and line["redelivered"]]
+        assert adopted and {line["pid"] for line in adopted} == {b.process.pid}, "what was not done ran again on b"
+        assert "adopted its 20 open conversations" in b.log, b.log
+        status = asyncio.run(_status(b))
+        assert status["members"]["adopted"] == 20
+
+        async def letters() -> list:
+            async with connect(b.socket_path) as client:
+                return await client.deadletters()
+
+        undeliverable = [letter for letter in asyncio.run(letters()) if letter["code"] == "undeliverable"]
+        assert len(undeliverable) == 20, "the replies to the client that was connected to a"
+    assert b.returncode == 0, b.log
 
 
 def test_a_listener_cap_holds_across_members(nats_server, tmp_path):

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from lxml import etree
 
 from agentserver.codes import ErrorCode
-from agentserver.journal import Journal, JournalError, Record, Snapshot
+from agentserver.journal import JournalError, Record, Snapshot, WriteAhead
 from agentserver.message_bus.message_state import (
     SYSTEM_ORIGIN,
     HistoryEntry,
@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from agentserver.message_bus.pipeline_context import PipelineContext
     from agentserver.message_bus.stores import Stores
 
-__all__ = ["Volatile", "Journaled", "Entry"]
+__all__ = ["Volatile", "Journaled", "Entry", "durability_for"]
 
 log = logging.getLogger("agentserver.journal")
 
@@ -65,15 +65,20 @@ class Entry:
         self.finished = False  # deleted together with its handler's outputs
 
 
+def durability_for(journal: WriteAhead | None, ctx: "PipelineContext", stores: "Stores", calls: "Calls",
+                   transport: Any = None) -> "Volatile | Journaled":
+    """The pump's durability: its transport's (organism.transport), Journaled with a
+    journal, Volatile otherwise."""
+    if transport is not None:
+        return transport.durability(ctx, stores, calls)
+    return Journaled(journal, ctx, stores, calls) if journal is not None else Volatile()
+
+
 class Volatile:
     """No journal: nothing survives the process."""
 
     deferring = False
-    journal: Journal | None = None
-
-    @property
-    def durability(self) -> "Volatile":  # what a pump without a journal or transport uses: itself
-        return self
+    journal: WriteAhead | None = None
 
     def accept(self, state: MessageState) -> None:
         return None
@@ -103,7 +108,7 @@ class Volatile:
 class Journaled:
     deferring = True  # a unit cut off by shutdown stays, and runs at the next start
 
-    def __init__(self, journal: Journal, ctx: "PipelineContext", stores: "Stores", calls: "Calls") -> None:
+    def __init__(self, journal: WriteAhead, ctx: "PipelineContext", stores: "Stores", calls: "Calls") -> None:
         self.journal = journal
         self.ctx = ctx
         self.stores = stores
@@ -207,6 +212,35 @@ class Journaled:
         snapshot, self._snapshot = self._snapshot, None
         if snapshot is None:
             return []
+        units = self._restore(snapshot)
+        self.replayed = len(units)
+        self._replaying = {record.seq for record in snapshot.units}
+        if units:
+            log.info("journal %s: %d units not done last time come back (redelivered), on %d open conversations",
+                     self.journal.path, len(units), len(snapshot.conversations))
+        return units
+
+    def adopt(self, snapshot: Snapshot) -> list[MessageState]:
+        """The open conversations of another journal (a member that is gone, DESIGN.md §15),
+        rebuilt here and written to this journal as this one's own; returns their units not
+        done, to run again (redelivered), written ahead here when they are pushed."""
+        journal = self.journal
+        for found in snapshot.conversations:
+            journal.conversation(found["key"], found["client"], found["external_id"], found["started"])
+        for found in snapshot.threads:
+            journal.thread(found["conversation"], found["id"], tuple(found["chain"]), found["parent"], found["call_id"])
+        for key, thread_id, entry in snapshot.history:
+            journal.history(key, thread_id, entry)
+        for key, thread_id, op in snapshot.todos:
+            journal.todo(key, thread_id, op)
+        for key, call_id, thread_id in snapshot.calls:
+            journal.awaited(key, call_id, thread_id)
+        units = self._restore(snapshot)
+        for state in units:
+            state.journal = None
+        return units
+
+    def _restore(self, snapshot: Snapshot) -> list[MessageState]:
         now = self.ctx.clock()
         conversations = self.stores.threads.restore(snapshot.conversations, snapshot.threads, now)
         self._restore_history(snapshot)
@@ -215,13 +249,7 @@ class Journaled:
                 conversations[key].closed_calls[call_id] = thread_id  # its answer is late now
         for (sender, message_id), when in snapshot.seen.items():
             self.ctx.dedupe.remember(sender, message_id, when)
-        units = [self._unit(record, conversations, now) for record in snapshot.units]
-        self.replayed = len(units)
-        self._replaying = {record.seq for record in snapshot.units}
-        if units:
-            log.info("journal %s: %d units not done last time come back (redelivered), on %d open conversations",
-                     self.journal.path, len(units), len(conversations))
-        return units
+        return [self._unit(record, conversations, now) for record in snapshot.units]
 
     def _unit(self, record: Record, conversations: dict[str, Any], now: float) -> MessageState:
         conversation = conversations.get(record.conversation)

@@ -11,7 +11,9 @@
       "registries": {"threads", "context_threads", "todos"},
       "clients": ["me"],
       "llm": {"backends": {...}, "agents": {...}} | null,
-      "journal": null, "members": null
+      "journal": null | {"path", "lag", "commits", "failed", ...: the journal's, or a member's on NATS},
+      "members": null | {"transport", "member", "connected", "executed", "running", "adopted",
+                         "members": [...], "listeners": {...}}: on NATS JetStream (DESIGN.md §15)
     }
 
 Every listener is listed, idle ones too. `accepted == handled + errored + in_flight`

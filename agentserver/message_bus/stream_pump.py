@@ -4,9 +4,9 @@
                       ▲                                                              │
                       │                          a reply (ToClient) ──► its client's session
                       │                          a delivery ──► HandlerSlots ──► _handle()
-                      └──── _push(): handler output, system messages ◄──────────────┘
+                      └──── push(): handler output, system messages ◄───────────────┘
 
-1. `inject` (external senders) waits for a place in the bounded intake; `_push`
+1. `inject` (external senders) waits for a place in the bounded intake; `push`
    (handler output) never waits. Both queue units fairly (flow.py).
 2. `run` drives the pipeline (pipeline.py) over the batches Admission hands out.
 3. `_dispatch` ends errored units, hands replies to the client's session, resumes the
@@ -36,7 +36,7 @@ from agentserver.message_bus.calls import CallDesk, Calls
 from agentserver.message_bus.conversations import ConversationGuard
 from agentserver.message_bus.counters import Counters
 from agentserver.message_bus.dead_letters import DeadLetters
-from agentserver.message_bus.durability import Journaled, Volatile
+from agentserver.message_bus.durability import durability_for
 from agentserver.message_bus.events import Events
 from agentserver.message_bus.flow import Admission, HandlerSlots, PumpClosed
 from agentserver.message_bus.handler_call import HandlerTasks, call_handler
@@ -64,7 +64,7 @@ class StreamPump:
         self.config = config
         limits = config.limits
         self.counters = Counters()
-        journal = Journal(config.journal, config.name) if config.journal else None  # JournalError: not ours, damaged
+        journal = Journal(config.journal, config.name) if config.journal else getattr(transport, "journal", None)  # JournalError
         self.stores = stores or Stores.in_memory(limits, journal)
         self.dead_letters = DeadLetters(limits.dead_letters)
         self.routes = organism_routes(config)
@@ -76,9 +76,9 @@ class StreamPump:
         self.handlers = HandlerTasks.for_organism(config, self.routes, transport)  # the model router too
         self.mailboxes = Mailboxes(forbidden=lambda name: name in self.routes.by_name or is_reserved(name))
         self.calls = Calls()  # awaited calls (meta.ask)
-        self.durability = Journaled(journal, self.ctx, self.stores, self.calls) if journal else (transport or Volatile()).durability
-        self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self._push, start=self._start)
-        self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self._push,
+        self.durability = durability_for(journal, self.ctx, self.stores, self.calls, transport)
+        self.desk = CallDesk(self.ctx, self.calls, self.slots, push=self.push, start=self._start)
+        self.reporter = Reporter(self.ctx, self.counters, self.dead_letters, self.calls, push=self.push,
                                  defer_shutdown=self.durability.deferring)
         self._acknowledge = functools.partial(acknowledge, dedupe=self.ctx.dedupe, when_durable=self.durability.when_durable)
         self.events = Events()
@@ -88,7 +88,7 @@ class StreamPump:
         self._idle = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
         self._report: ShutdownReport | None = None
-        self._push(boot_message(self.ctx, self.stores.threads, config.name))
+        self.push(boot_message(self.ctx, self.stores.threads, config.name))
 
     async def __aenter__(self) -> "StreamPump":
         self._run_task = asyncio.create_task(self.run(), name=f"pump:{self.config.name}")
@@ -110,7 +110,7 @@ class StreamPump:
         self._accept(state)
         self.admission.push(state, session or name, intake=True)
 
-    def _push(self, state: MessageState) -> None:
+    def push(self, state: MessageState) -> None:
         """Queue a unit the pump built (handler output, system messages). Never waits, but
         a conversation over its budget of units is ended here, where its output arrives."""
         state.branch = state.branch or self.calls.enclosing(state.sender_thread or state.thread)
@@ -128,7 +128,7 @@ class StreamPump:
         try:
             async with self.handlers:  # the handler tasks' group, their deadlines, the loop-lag watchdog
                 for state in self.durability.start():  # with a journal: what was not done last time
-                    self._push(state)
+                    self.push(state)
                 self.guard.tick()  # conversation deadlines, idle conversations: once a second from now on
                 async with self.pipeline.stream(self.admission.batches()).stream() as batches:
                     slice_end = loop.time() + SLICE_S
@@ -192,7 +192,7 @@ class StreamPump:
             else:
                 self.durability.handled(state, outcome)  # one transaction: this unit done, its outputs kept
                 for response in outcome:
-                    self._push(response)
+                    self.push(response)
                 ok = True
                 self._settle(state)
             await self.durability.settled(state)  # with a journal, the slot is held until the unit's end is on disk

@@ -21,6 +21,9 @@ the whole organism through JetStream:
   the conversation it holds and sends back the answer (or the PeerError).
 - Members heart-beat into a key-value bucket (with a TTL); the organism's config
   fingerprint is kept there too, and a member whose config differs is refused.
+- The owner's journal is in JetStream (transport/journal.py): when a member's heartbeat
+  lapses, another claims its `journal.<member>` key and adopts the conversations it left
+  open, running again what was not done (redelivered).
 
 The member owns its NATS connection and every task it starts (`async with member:`).
 """
@@ -44,10 +47,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from lxml import etree
 
 from agentserver.codes import ErrorCode
+from agentserver.journal import fold
 from agentserver.message_bus.calls import PeerError
-from agentserver.message_bus.durability import Volatile
+from agentserver.message_bus.durability import Journaled
 from agentserver.message_bus.handler_call import HandlerFailed, ask_model, llm_code
 from agentserver.message_bus.message_state import Delivery, HandlerMetadata, MessageState
+from agentserver.transport.journal import SharedJournal
 from agentserver.transport.wire import (
     Answer,
     Ask,
@@ -58,6 +63,7 @@ from agentserver.transport.wire import (
     decode,
     decode_history,
     decode_items,
+    decode_ops,
     encode,
     encode_history,
     encode_items,
@@ -66,7 +72,10 @@ from agentserver.transport.wire import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from agentserver.config import OrganismConfig
+    from agentserver.message_bus.calls import Calls
     from agentserver.message_bus.listeners import Listener
+    from agentserver.message_bus.pipeline_context import PipelineContext
+    from agentserver.message_bus.stores import Stores
     from agentserver.message_bus.stream_pump import StreamPump
 
 __all__ = ["Member", "TransportError", "Transported"]
@@ -87,19 +96,30 @@ class TransportError(Exception):
     """The member cannot join its organism (NATS unreachable, another configuration)."""
 
 
-class Transported(Volatile):
-    """The pump's durability in NATS mode: an external envelope's ack waits until its unit
-    is in JetStream (or ended without getting there)."""
+class Transported(Journaled):
+    """The pump's durability in NATS mode. The owner's journal is in JetStream
+    (SharedJournal: another member adopts its open conversations if it goes), and an
+    external envelope's ack waits until its unit is both written there and published as
+    work (or ended without getting there)."""
 
-    def __init__(self) -> None:
+    def __init__(self, journal: SharedJournal, ctx: "PipelineContext", stores: "Stores", calls: "Calls") -> None:
+        super().__init__(journal, ctx, stores, calls)
         self._waiting: dict[int, Callable[[], object]] = {}
 
     def when_durable(self, state: MessageState, then: Callable[[], object]) -> None:
         route = state.route
         if isinstance(route, Delivery) and state.error is None and not route.listener.system and not state.settled:
-            self._waiting[id(state)] = then  # sent on once its unit is published (invoke) or has ended
+            left = [2]
+
+            def one() -> None:
+                left[0] -= 1
+                if left[0] == 0:
+                    then()
+
+            self._waiting[id(state)] = one  # called once its unit is published (invoke) or has ended
+            super().when_durable(state, one)
         else:
-            then()
+            super().when_durable(state, then)
 
     def published(self, state: MessageState) -> None:
         then = self._waiting.pop(id(state), None)
@@ -108,6 +128,13 @@ class Transported(Volatile):
 
     def ended(self, state: MessageState) -> None:
         self.published(state)
+        super().ended(state)
+
+    async def settled(self, state: MessageState | None = None) -> None:
+        """Handlers run on any member: the owner's slot bounds no redo, so it is not held
+        until the unit's end is kept (only `settled()`, everything written, is waited for)."""
+        if state is None:
+            await super().settled()
 
 
 @dataclass
@@ -136,7 +163,8 @@ class Member:
         self.fingerprint = fingerprint(config)
         self.nc = nc
         self.js = nc.jetstream()
-        self.durability = Transported()
+        self.journal = SharedJournal(self)
+        self._durability: Transported | None = None
         self.connected = True
         self.executed = 0  # handler calls this member ran for the organism
         self.started = time.time()
@@ -157,6 +185,8 @@ class Member:
         self._cap_by_listener: dict[str, int] | None = None
         self._heart: asyncio.Task[None] | None = None
         self._view: dict[str, Any] = {"members": [], "listeners": {}}
+        self._adopting: set[str] = set()  # gone members whose open conversations this one is taking over
+        self.adopted = 0  # conversations adopted so far
 
     # -- joining --------------------------------------------------------------------------
     @classmethod
@@ -215,6 +245,8 @@ class Member:
         await js.add_stream(StreamConfig(name=names.inbox_stream, subjects=[f"{names.prefix}.inbox.*"],
                                          retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
                                          duplicate_window=120, max_age=INBOX_MAX_AGE_S))
+        await js.add_stream(StreamConfig(name=names.journal_stream, subjects=[f"{names.prefix}.journal.>"],
+                                         storage=StorageType.FILE, duplicate_window=120))
         self._kv = await js.create_key_value(KeyValueConfig(bucket=names.bucket, history=1))
         self._members = await js.create_key_value(KeyValueConfig(bucket=f"{names.bucket}_members", ttl=MEMBER_TTL_S))
         try:
@@ -235,6 +267,7 @@ class Member:
             consumer = ConsumerConfig(durable_name=names.consumer(spec_name), filter_subject=names.work(spec_name),
                                       ack_wait=ACK_WAIT_S, max_ack_pending=cap, max_deliver=-1)
             await js.add_consumer(names.work_stream, consumer)  # the same: nothing changes; its cap changed: updated
+        await self._kv.put(f"journal.{self.id}", b"")  # whoever finds it with this member gone adopts what it left open
 
     def _caps(self) -> dict[str, int]:
         """Each listener's concurrency cap (organism-wide), as the pump computes it."""
@@ -265,6 +298,11 @@ class Member:
         await self.close()
         assert self._group is not None
         await self._group.__aexit__(*exc_info)
+
+    def durability(self, ctx: "PipelineContext", stores: "Stores", calls: "Calls") -> Transported:
+        """The pump's durability (the pump asks for it as it is built)."""
+        self._durability = Transported(self.journal, ctx, stores, calls)
+        return self._durability
 
     def serve(self, pump: "StreamPump", socket_path: str | None = None) -> None:
         """Take this member's share of the organism's work, handled with `pump`'s listeners."""
@@ -303,6 +341,11 @@ class Member:
             self._heart.cancel()
         with contextlib.suppress(Exception):
             await self._members.delete(f"m.{self.id}")
+        if not self.journal.open and self.journal.lag == 0:  # nothing left open here for another to adopt
+            with contextlib.suppress(Exception):
+                await self._kv.delete(f"journal.{self.id}")
+        elif self.journal.open:
+            log.info("member %s: %d open conversations are left for another member to adopt", self.id, self.journal.open)
         with contextlib.suppress(Exception):
             await self.js.delete_consumer(self.names.inbox_stream, self.names.member_consumer(self.id))
         with contextlib.suppress(Exception):
@@ -320,8 +363,9 @@ class Member:
         try:
             work = Work(unit, self.id, listener.name, etree.tostring(element, encoding="unicode"), _meta_fields(meta, state),
                         encode_history(meta.history, self._to_xml))
-            await self._publish(self.names.work(listener.name), encode(work), unit)
-            self.durability.published(state)  # the client's ack follows JetStream's
+            await self.publish(self.names.work(listener.name), encode(work), unit)
+            assert self._durability is not None
+            self._durability.published(state)  # the client's ack follows JetStream's
             result = await invocation.future
         finally:
             del self._invocations[unit]
@@ -344,7 +388,7 @@ class Member:
             answer = Answer(ask.ask, error={"code": "timeout", "peer": ask.peer, "call_id": "", "message": ""})
         except Exception as exc:  # what the pump refused before sending (a payload that is not @xmlify)
             answer = Answer(ask.ask, error={"code": "wrong-type", "peer": ask.peer, "call_id": "", "message": str(exc)})
-        await self._publish(self.names.inbox(ask.worker), encode(answer), f"n.{ask.ask}")
+        await self.publish(self.names.inbox(ask.worker), encode(answer), f"n.{ask.ask}")
 
     # -- the inbox: results, asks and answers addressed to this member ------------------
     async def _open_inbox(self) -> None:
@@ -375,9 +419,9 @@ class Member:
             invocation = self._invocations.get(message.unit)
             if invocation is None:
                 answer = Answer(message.ask, error={"code": "late", "peer": message.peer, "call_id": "", "message": ""})
-                self._spawn(self._publish(self.names.inbox(message.worker), encode(answer), f"n.{message.ask}"))
+                self.spawn(self.publish(self.names.inbox(message.worker), encode(answer), f"n.{message.ask}"))
             else:
-                task = self._spawn(self._answer(invocation, message))
+                task = self.spawn(self._answer(invocation, message))
                 invocation.asks.add(task)
                 task.add_done_callback(invocation.asks.discard)
         elif isinstance(message, Answer):
@@ -386,7 +430,7 @@ class Member:
                 waiter.set_result(message)
         await msg.ack()
 
-    def _spawn(self, coroutine: Any) -> "asyncio.Task[None]":
+    def spawn(self, coroutine: Any, name: str | None = None) -> "asyncio.Task[None]":
         """A task of the member's group. What it raises is logged: in a task group it would
         cancel every other task of the member (its fetch loops among them)."""
         assert self._group is not None
@@ -398,7 +442,7 @@ class Member:
                 if not self._closed:
                     log.error("member %s: %s", self.id, exc, exc_info=exc)
 
-        return self._group.create_task(logged())
+        return self._group.create_task(logged(), name=name)
 
     # -- the worker's side ----------------------------------------------------------------
     async def _take(self, listener: "Listener") -> None:
@@ -426,11 +470,11 @@ class Member:
                 await asyncio.sleep(0.5)
                 continue
             for msg in messages:
-                task = self._spawn(self._work(listener, msg))
+                task = self.spawn(self._work(listener, msg))
                 self._running[task] = msg
 
     async def _work(self, listener: "Listener", msg: Any) -> None:
-        alive = self._spawn(self._keep_alive(msg))
+        alive = self.spawn(self._keep_alive(msg))
         slot = _Slot()
         try:
             try:
@@ -442,7 +486,7 @@ class Member:
                 return
             result = await self._run(listener, work, msg.metadata.num_delivered > 1, slot)
             self.executed += 1
-            await self._publish(self.names.inbox(work.owner), encode(result), f"r.{work.unit}")
+            await self.publish(self.names.inbox(work.owner), encode(result), f"r.{work.unit}")
             await msg.ack()
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
@@ -508,7 +552,7 @@ class Member:
             slot.held = False
             self._slots.release()
         try:
-            await self._publish(self.names.inbox(work.owner), encode(Ask(work.unit, ask_id, self.id, peer,
+            await self.publish(self.names.inbox(work.owner), encode(Ask(work.unit, ask_id, self.id, peer,
                                                                          self._to_xml(payload), timeout)), ask_id)
             answer = await waiter
         finally:
@@ -527,21 +571,25 @@ class Member:
         return self._from_xml(answer.payload)
 
     # -- NATS -----------------------------------------------------------------------------
-    async def _publish(self, subject: str, data: bytes, message_id: str) -> None:
+    async def publish(self, subject: str, data: bytes, message_id: str) -> None:
         """Publish until JetStream has it (the same message id each try: a repeat is dropped there)."""
+        await self._retry(f"publishing to {subject}", lambda: self.js.publish(
+            subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": message_id}))
+
+    async def _retry(self, what: str, call: Callable[[], Any]) -> None:
         delay, warned = 0.05, False
         while True:
             try:
-                await self.js.publish(subject, data, timeout=PUBLISH_TIMEOUT_S, headers={"Nats-Msg-Id": message_id})
+                await call()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if self._closed:
-                    raise TransportError(f"member {self.id} is closed; {subject} not published") from None
+                    raise TransportError(f"member {self.id} is closed; {what} not done") from None
                 if not warned:
-                    log.warning("member %s: publishing to %s failed (%s: %s); retrying until NATS takes it",
-                                self.id, subject, type(exc).__name__, exc)
+                    log.warning("member %s: %s failed (%s: %s); retrying until NATS takes it",
+                                self.id, what, type(exc).__name__, exc)
                     warned = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -568,12 +616,89 @@ class Member:
                     members.append(json.loads((await self._members.get(key)).value))
         except NoKeysError:
             pass
+        await self._adopt_orphans({entry["id"] for entry in members})
         listeners = {}
         for name in self._caps():
             info = await self.js.consumer_info(self.names.work_stream, self.names.consumer(name))
             listeners[name] = {"pending": info.num_pending, "in_flight": info.num_ack_pending,
                                "redelivered": info.num_redelivered, "cap": info.config.max_ack_pending}
         self._view = {"members": sorted(members, key=lambda item: item["id"]), "listeners": listeners}
+
+    # -- adopting what a gone member left open ---------------------------------------------
+    async def _adopt_orphans(self, live: set[str]) -> None:
+        """Claim (compare-and-set on its `journal.<member>` key) the journal of each member
+        that is gone, and adopt what it left open. One member adopts each."""
+        from nats.js.errors import KeyWrongLastSequenceError, NoKeysError
+
+        if self.pump is None or self._draining or self._closed:
+            return
+        try:
+            keys = await self._kv.keys()
+        except NoKeysError:
+            return
+        for key in keys:
+            gone = key.partition(".")[2]
+            if not key.startswith("journal.") or gone == self.id or gone in live or gone in self._adopting:
+                continue
+            try:
+                entry = await self._kv.get(key)
+                claimant = (entry.value or b"").decode()
+                if claimant and claimant in live and claimant != self.id:
+                    continue  # a live member is adopting it
+                await self._kv.update(key, self.id.encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # another member claimed it first
+            except Exception as exc:  # adopted and deleted meanwhile, or NATS away: the next heartbeat looks again
+                log.debug("member %s: %s: %s", self.id, key, exc)
+                continue
+            self._adopting.add(gone)
+            self.spawn(self._adopt(gone, key), name=f"member:adopt:{gone}")
+
+    async def _adopt(self, gone: str, key: str) -> None:
+        pump, durability = self.pump, self._durability
+        assert pump is not None and durability is not None
+        try:
+            ops = await self._read_journal(gone)
+            snapshot = await asyncio.to_thread(fold, ops, self.config.name)
+            units = durability.adopt(snapshot)
+            for state in units:
+                pump.push(state)
+            await self.journal.durable()  # kept as this member's own: the gone member's copy can go
+            await self.purge(self.names.journal(gone))
+            await self._kv.delete(key)
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(self.names.inbox_stream, self.names.member_consumer(gone))
+            self.adopted += len(snapshot.conversations)
+            if snapshot.conversations or units:
+                log.warning("member %s: member %s is gone; adopted its %d open conversations, %d units not done run "
+                            "again here (redelivered)", self.id, gone, len(snapshot.conversations), len(units))
+        finally:
+            self._adopting.discard(gone)
+
+    async def _read_journal(self, member: str) -> list[tuple[Any, ...]]:
+        """Every journal operation `member` left in the stream, in order."""
+        from nats.js.api import AckPolicy, ConsumerConfig
+
+        subscription = await self.js.pull_subscribe(self.names.journal(member), stream=self.names.journal_stream,
+                                                    config=ConsumerConfig(ack_policy=AckPolicy.NONE, inactive_threshold=60))
+        ops: list[tuple[Any, ...]] = []
+        try:
+            left = (await subscription.consumer_info()).num_pending
+            while left > 0:
+                for msg in await subscription.fetch(min(left, 256), timeout=10):
+                    left -= 1
+                    try:
+                        ops.extend(decode_ops(msg.data))
+                    except WireError as exc:
+                        log.error("member %s: a journal message of member %s dropped: %s", self.id, member, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        return ops
+
+    async def purge(self, subject: str) -> None:
+        """Drop what the journal stream holds on `subject`, retried until NATS takes it."""
+        await self._retry(f"purging {subject}", lambda: self.js.purge_stream(self.names.journal_stream, subject=subject))
 
     # -- payloads -------------------------------------------------------------------------
     def _to_xml(self, payload: Any) -> str:
@@ -618,7 +743,7 @@ class Member:
         across the organism (as of the last heartbeat)."""
         return {"transport": self.url, "member": self.id, "connected": self.connected and self.nc.is_connected,
                 "fingerprint": self.fingerprint, "executed": self.executed, "running": len(self._running),
-                "waiting_on_others": len(self._invocations), **self._view}
+                "waiting_on_others": len(self._invocations), "adopted": self.adopted, **self._view}
 
 
 def _meta_fields(meta: HandlerMetadata, state: MessageState) -> dict[str, Any]:
