@@ -148,6 +148,35 @@ def test_kill_9_of_an_owner_its_open_conversations_are_adopted(nats_server, tmp_
     assert b.returncode == 0, b.log
 
 
+def test_a_member_started_after_the_only_one_died_adopts_what_it_left(nats_server, tmp_path):
+    """One member on NATS, killed: a member started later (not running when it died)
+    finds its journal, and what was accepted runs to its end, as a restart with
+    `organism.journal` would."""
+    record = tmp_path / "record.jsonl"
+    a = member(nats_server, tmp_path, record).start()
+    try:
+        async def load() -> None:
+            client = await connect(a.socket_path, payloads=[*PAYLOADS, Chain]).__aenter__()
+            for n in range(5):
+                await client.send(Chain(n=n, step=1, last=3, sleep_ms=500), to="chain")
+            while len({line["n"] for line in records(record)}) < 5:
+                await asyncio.sleep(0.02)
+            a.process.kill()
+            with contextlib.suppress(Exception):
+                await client.close()
+
+        asyncio.run(load())
+    finally:
+        a.stop()
+    with member(nats_server, tmp_path, record) as b:
+        deadline = time.monotonic() + 60
+        while len({line["n"] for line in records(record) if line["step"] == 3}) < 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {line["n"] for line in records(record) if line["step"] == 3} == set(range(5)), b.log
+        assert "adopted its 5 open conversations" in b.log
+    assert b.returncode == 0, b.log
+
+
 def test_a_listener_cap_holds_across_members(nats_server, tmp_path):
     record = tmp_path / "record.jsonl"
     with member(nats_server, tmp_path, record) as a, member(nats_server, tmp_path, record) as b:
