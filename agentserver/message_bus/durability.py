@@ -21,6 +21,8 @@ restart replays exactly what was not done:
   on their conversations (threads, history, todos, awaited calls), marked
   `redelivered`. An answer to a call a handler awaited before the restart is late:
   that handler runs again from the start and makes its calls again.
+- `adopt(snapshot)`: the same for another journal's open conversations (a member of an
+  organism on NATS that is gone: agentserver.transport), which become this one's own.
 
 Open conversations' threads, history and todos are written by the stores (stores.py).
 """
