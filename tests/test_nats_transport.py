@@ -94,7 +94,10 @@ def test_kill_9_of_a_member_loses_no_acked_message(nats_server, tmp_path):
         redelivered = [line for line in ran if line["redelivered"]]
         assert redelivered and all(line["pid"] == a.process.pid for line in redelivered), \
             "b's units ran again on a, flagged meta.redelivered"
-        assert all(reply.pid == a.process.pid for reply in done if reply.n in {line["n"] for line in redelivered})
+        again = {line["n"] for line in redelivered}
+        assert any(reply.pid == a.process.pid for reply in done if reply.n in again), "a's run answered"
+        # b may have published a result and died before acking its unit: that answer stands, a's run is a duplicate
+        assert all(reply.pid in {line["pid"] for line in ran if line["n"] == reply.n} for reply in done)
 
 
 def test_kill_9_of_an_owner_its_open_conversations_are_adopted(nats_server, tmp_path):
