@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-__all__ = ["Journal", "JournalError", "Record", "Snapshot", "SCHEMA_VERSION", "WriteAhead", "coalesce", "fold"]
+__all__ = ["Journal", "JournalError", "Record", "Snapshot", "SCHEMA_VERSION", "WriteAhead", "coalesce", "fold", "KEYED"]
 
 log = logging.getLogger("agentserver.journal")
 
@@ -372,7 +372,7 @@ def fold(ops: list[tuple[Any, ...]], organism: str) -> Snapshot:
             journal._db.close()
 
 
-_KEYED = {"conversation": 1, "thread": 1, "history": 1, "todo": 1, "awaited": 1, "forget": 1}  # op -> conversation's place
+KEYED = {"conversation": 1, "thread": 1, "history": 1, "todo": 1, "awaited": 1, "forget": 1}  # op -> conversation's place
 
 
 def coalesce(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -417,8 +417,8 @@ def coalesce(ops: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
             op = ("finish", op[1], children)
         elif kind == "done" and op[1] in dropped_units:
             continue
-        elif kind in _KEYED:
-            key = op[_KEYED[kind]]
+        elif kind in KEYED:
+            key = op[KEYED[kind]]
             if key in gone and key not in forgotten:
                 if kind == "forget":
                     forgotten.add(key)

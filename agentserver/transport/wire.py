@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from agentserver.journal import Record
+from agentserver.journal import KEYED, Record
 from agentserver.message_bus.message_state import HandlerResponse, HistoryEntry
 from agentserver.primitives import TodoComplete, TodoUntil
 
@@ -248,9 +248,6 @@ def decode_history(history: list[dict[str, Any]], from_xml: Decode) -> list[Hist
 
 
 # -- the owner's journal operations (agentserver.journal's), kept per open conversation ----
-_KEYED = {"conversation", "thread", "history", "todo", "awaited", "forget"}  # ops whose op[1] is the conversation
-
-
 def by_conversation(ops: list[tuple[Any, ...]], units: dict[int, str]) -> dict[str, list[tuple[Any, ...]]]:
     """`ops` (in order) split by the conversation each belongs to. `units` maps each
     journaled unit's number to its conversation, and is kept up to date here (a unit's
@@ -277,8 +274,8 @@ def by_conversation(ops: list[tuple[Any, ...]], units: dict[int, str]) -> dict[s
             key = units.pop(op[1], None)
             if key is not None:
                 out.setdefault(key, []).append(op)
-        elif kind in _KEYED:
-            out.setdefault(op[1], []).append(op)
+        elif kind in KEYED:
+            out.setdefault(op[KEYED[kind]], []).append(op)
     return out
 
 
